@@ -1,0 +1,285 @@
+//! The arguments of `#[isolated(...)]`: `name = literal` pairs, each checked here so that a
+//! mistake is reported at compile time, spanned at the argument that holds it.
+
+use proc_macro2::Span;
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitStr, Token};
+
+use crate::validate;
+
+/// Every argument name, in the order the docs and error messages list them.
+const NAMES: &[&str] = &[
+    "hostname",
+    "rootfs",
+    "timeout",
+    "privileged",
+    "writes",
+    "bind",
+    "allow_leaks",
+];
+
+/// The leak checks a test may opt out of.
+const LEAKS: &[&str] = &["processes", "mounts"];
+
+/// The parsed, checked arguments. `None` (or empty) means "not given": the runtime decides.
+#[derive(Default)]
+pub struct Args {
+    pub hostname: Option<LitStr>,
+    pub rootfs: Option<LitStr>,
+    /// The timeout in milliseconds, with the span of its literal.
+    pub timeout_ms: Option<(u64, Span)>,
+    pub privileged: Option<LitBool>,
+    pub writes: Option<Vec<LitStr>>,
+    pub bind: Option<Vec<LitStr>>,
+    pub allow_leaks: Option<Vec<LitStr>>,
+}
+
+/// One `name = value` pair, not yet checked.
+struct Arg {
+    name: Ident,
+    value: Expr,
+}
+
+impl Parse for Arg {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let name: Ident = input.parse()?;
+        if !input.peek(Token![=]) {
+            let example = example(&name.to_string()).unwrap_or("name = value");
+            return Err(syn::Error::new(
+                name.span(),
+                format!("`{name}` needs a value: `{example}`"),
+            ));
+        }
+        input.parse::<Token![=]>()?;
+        let value = input.parse()?;
+        Ok(Arg { name, value })
+    }
+}
+
+impl Parse for Args {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let list = Punctuated::<Arg, Token![,]>::parse_terminated(input)?;
+        let mut args = Args::default();
+        let mut errors: Option<syn::Error> = None;
+        for arg in list {
+            if let Err(e) = args.set(arg) {
+                match &mut errors {
+                    Some(all) => all.combine(e),
+                    None => errors = Some(e),
+                }
+            }
+        }
+        match errors {
+            Some(e) => Err(e),
+            None => Ok(args),
+        }
+    }
+}
+
+impl Args {
+    /// Checks one argument and stores it; refuses a name it already holds.
+    fn set(&mut self, Arg { name, value }: Arg) -> syn::Result<()> {
+        let key = name.to_string();
+        let duplicate = || {
+            syn::Error::new(
+                name.span(),
+                format!("duplicate argument `{key}`; give each argument once"),
+            )
+        };
+        match key.as_str() {
+            "hostname" => {
+                let lit = string(&key, &value)?;
+                validate::hostname(&lit.value())
+                    .map_err(|problem| syn::Error::new(lit.span(), problem))?;
+                put(&mut self.hostname, lit).map_err(|_| duplicate())
+            }
+            "rootfs" => {
+                let lit = string(&key, &value)?;
+                if lit.value().is_empty() {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "rootfs is empty; name a root filesystem, e.g. `rootfs = \"debian:bookworm\"`, \
+                         or leave the argument out to use ISOTEST_ROOTFS or the default",
+                    ));
+                }
+                put(&mut self.rootfs, lit).map_err(|_| duplicate())
+            }
+            "timeout" => {
+                let lit = string(&key, &value)?;
+                let d = validate::duration(&lit.value())
+                    .map_err(|problem| syn::Error::new(lit.span(), problem))?;
+                let ms = u64::try_from(d.as_millis()).map_err(|_| {
+                    syn::Error::new(
+                        lit.span(),
+                        format!("timeout {:?} is too large", lit.value()),
+                    )
+                })?;
+                put(&mut self.timeout_ms, (ms, lit.span())).map_err(|_| duplicate())
+            }
+            "privileged" => match &value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Bool(b), ..
+                }) => put(&mut self.privileged, b.clone()).map_err(|_| duplicate()),
+                other => Err(wrong_kind(&key, other, "a bool literal")),
+            },
+            "writes" => {
+                let paths = strings(&key, &value)?;
+                for path in &paths {
+                    if !path.value().starts_with('/') {
+                        return Err(syn::Error::new(
+                            path.span(),
+                            format!(
+                                "writes path {:?} is not absolute; list paths inside the sandbox, \
+                                 e.g. \"/etc/myapp\"",
+                                path.value()
+                            ),
+                        ));
+                    }
+                }
+                put(&mut self.writes, paths).map_err(|_| duplicate())
+            }
+            "bind" => {
+                let mounts = strings(&key, &value)?;
+                for mount in &mounts {
+                    bind_shape(&mount.value())
+                        .map_err(|problem| syn::Error::new(mount.span(), problem))?;
+                }
+                put(&mut self.bind, mounts).map_err(|_| duplicate())
+            }
+            "allow_leaks" => {
+                let leaks = strings(&key, &value)?;
+                for leak in &leaks {
+                    if !LEAKS.contains(&leak.value().as_str()) {
+                        return Err(syn::Error::new(
+                            leak.span(),
+                            format!(
+                                "unknown leak check {:?}; expected one of {}",
+                                leak.value(),
+                                quoted(LEAKS, "\"")
+                            ),
+                        ));
+                    }
+                }
+                put(&mut self.allow_leaks, leaks).map_err(|_| duplicate())
+            }
+            _ => Err(syn::Error::new(
+                name.span(),
+                format!(
+                    "unknown argument `{key}`; expected one of {}",
+                    quoted(NAMES, "`")
+                ),
+            )),
+        }
+    }
+}
+
+/// Stores `value` unless the slot is taken.
+fn put<T>(slot: &mut Option<T>, value: T) -> Result<(), ()> {
+    if slot.is_some() {
+        return Err(());
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// The value as a string literal, or an error naming the kind expected.
+fn string(key: &str, value: &Expr) -> syn::Result<LitStr> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Ok(s.clone()),
+        other => Err(wrong_kind(key, other, "a string literal")),
+    }
+}
+
+/// The value as an array of string literals, or an error naming the kind expected.
+fn strings(key: &str, value: &Expr) -> syn::Result<Vec<LitStr>> {
+    match value {
+        Expr::Array(array) => array
+            .elems
+            .iter()
+            .map(|elem| match elem {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(s), ..
+                }) => Ok(s.clone()),
+                other => Err(wrong_kind(key, other, "string literals in the array")),
+            })
+            .collect(),
+        other => Err(wrong_kind(key, other, "an array of string literals")),
+    }
+}
+
+/// "`timeout` expects a string literal, found an integer literal: `timeout = "30s"`".
+fn wrong_kind(key: &str, expr: &Expr, expected: &str) -> syn::Error {
+    let found = match expr {
+        Expr::Lit(ExprLit { lit, .. }) => match lit {
+            Lit::Str(_) => "a string literal",
+            Lit::ByteStr(_) | Lit::CStr(_) => "a byte or C string literal",
+            Lit::Byte(_) | Lit::Char(_) => "a character literal",
+            Lit::Int(_) => "an integer literal",
+            Lit::Float(_) => "a float literal",
+            Lit::Bool(_) => "a bool literal",
+            _ => "a literal of another kind",
+        },
+        Expr::Array(_) => "an array",
+        _ => "an expression that is not a literal (arguments are checked at compile time)",
+    };
+    let example = example(key).unwrap_or_default();
+    syn::Error::new_spanned(
+        expr,
+        format!("`{key}` expects {expected}, found {found}: `{example}`"),
+    )
+}
+
+/// Checks a bind mount's shape: `SRC:DST`, `SRC:DST:ro` or `SRC:DST:rw`, with DST absolute.
+pub fn bind_shape(mount: &str) -> Result<(), String> {
+    let fix = "write SRC:DST[:ro|rw], e.g. \"fixtures/data:/data:ro\"";
+    let parts: Vec<&str> = mount.split(':').collect();
+    let (src, dst) = match parts.as_slice() {
+        [src, dst] | [src, dst, "ro" | "rw"] => (*src, *dst),
+        [_, _, mode] => {
+            return Err(format!(
+                "bind mount {mount:?} has mode {mode:?}; the mode is \"ro\" or \"rw\""
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "bind mount {mount:?} is not SRC:DST[:ro|rw]; {fix}"
+            ))
+        }
+    };
+    if src.is_empty() {
+        return Err(format!("bind mount {mount:?} has an empty source; {fix}"));
+    }
+    if !dst.starts_with('/') {
+        return Err(format!(
+            "bind mount {mount:?} has a relative destination {dst:?}; the destination is an \
+             absolute path inside the sandbox, e.g. \"fixtures/data:/data\""
+        ));
+    }
+    Ok(())
+}
+
+/// How each argument is written, for error messages.
+fn example(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "hostname" => "hostname = \"web1\"",
+        "rootfs" => "rootfs = \"debian:bookworm\"",
+        "timeout" => "timeout = \"30s\"",
+        "privileged" => "privileged = true",
+        "writes" => "writes = [\"/etc/myapp\"]",
+        "bind" => "bind = [\"fixtures/data:/data:ro\"]",
+        "allow_leaks" => "allow_leaks = [\"processes\"]",
+        _ => return None,
+    })
+}
+
+/// `a`, `b`, `c` with the given quote.
+fn quoted(names: &[&str], quote: &str) -> String {
+    names
+        .iter()
+        .map(|n| format!("{quote}{n}{quote}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,6 @@
+use isotest::isolated;
+
+#[isolated]
+async fn asynchronous() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use isotest::isolated;
+
+#[isolated(privileged = "yes")]
+fn quoted_bool() {}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use isotest::isolated;
+
+#[isolated]
+#[test]
+#[test]
+fn two_tests() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use isotest::isolated;
+
+#[isolated(hostnme = "web1")]
+fn misspelled() {}
+
+fn main() {}

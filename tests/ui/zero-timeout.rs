@@ -1,0 +1,6 @@
+use isotest::isolated;
+
+#[isolated(timeout = "0s")]
+fn zero() {}
+
+fn main() {}

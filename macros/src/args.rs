@@ -212,6 +212,7 @@ fn strings(key: &str, value: &Expr) -> syn::Result<Vec<LitStr>> {
 
 /// "`timeout` expects a string literal, found an integer literal: `timeout = "30s"`".
 fn wrong_kind(key: &str, expr: &Expr, expected: &str) -> syn::Error {
+    let example = example(key).unwrap_or_default();
     let found = match expr {
         Expr::Lit(ExprLit { lit, .. }) => match lit {
             Lit::Str(_) => "a string literal",
@@ -223,9 +224,16 @@ fn wrong_kind(key: &str, expr: &Expr, expected: &str) -> syn::Error {
             _ => "a literal of another kind",
         },
         Expr::Array(_) => "an array",
-        _ => "an expression that is not a literal (arguments are checked at compile time)",
+        _ => {
+            return syn::Error::new_spanned(
+                expr,
+                format!(
+                    "`{key}` expects {expected}, found an expression; arguments are checked at \
+                     compile time, so write the value itself: `{example}`"
+                ),
+            )
+        }
     };
-    let example = example(key).unwrap_or_default();
     syn::Error::new_spanned(
         expr,
         format!("`{key}` expects {expected}, found {found}: `{example}`"),
@@ -282,4 +290,126 @@ fn quoted(names: &[&str], quote: &str) -> String {
         .map(|n| format!("{quote}{n}{quote}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(tokens: &str) -> syn::Result<Args> {
+        syn::parse_str(tokens)
+    }
+
+    fn error(tokens: &str) -> String {
+        match parse(tokens) {
+            Ok(_) => panic!("{tokens} accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn values(list: &Option<Vec<LitStr>>) -> Vec<String> {
+        list.iter().flatten().map(LitStr::value).collect()
+    }
+
+    #[test]
+    fn empty() {
+        let args = parse("").unwrap();
+        assert!(args.hostname.is_none() && args.timeout_ms.is_none() && args.writes.is_none());
+    }
+
+    #[test]
+    fn every_argument() {
+        let args = parse(
+            r#"hostname = "web1", rootfs = "dir:/srv/root", timeout = "2m", privileged = true,
+               writes = ["/etc/myapp"], bind = ["data:/data:ro", "/a:/b"],
+               allow_leaks = ["mounts"],"#,
+        )
+        .unwrap();
+        assert_eq!(args.hostname.unwrap().value(), "web1");
+        assert_eq!(args.rootfs.unwrap().value(), "dir:/srv/root");
+        assert_eq!(args.timeout_ms.unwrap().0, 120_000);
+        assert!(args.privileged.unwrap().value);
+        assert_eq!(values(&args.writes), ["/etc/myapp"]);
+        assert_eq!(values(&args.bind), ["data:/data:ro", "/a:/b"]);
+        assert_eq!(values(&args.allow_leaks), ["mounts"]);
+    }
+
+    #[test]
+    fn empty_writes_is_declared() {
+        assert_eq!(
+            parse("writes = []").unwrap().writes.map(|w| w.len()),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn timeouts_in_milliseconds() {
+        assert_eq!(
+            parse(r#"timeout = "250ms""#).unwrap().timeout_ms.unwrap().0,
+            250
+        );
+        assert!(error(r#"timeout = "30""#).contains("no unit"));
+        assert!(error(r#"timeout = "0s""#).contains("zero"));
+        assert!(error(r#"timeout = "99999999999999999m""#).contains("too large"));
+    }
+
+    #[test]
+    fn names_and_kinds() {
+        assert_eq!(
+            error(r#"hostnme = "web1""#),
+            "unknown argument `hostnme`; expected one of `hostname`, `rootfs`, `timeout`, \
+             `privileged`, `writes`, `bind`, `allow_leaks`"
+        );
+        assert!(error(r#"rootfs = "a", rootfs = "b""#).starts_with("duplicate argument `rootfs`"));
+        assert!(error("privileged").contains("`privileged = true`"));
+        assert!(error("timeout = 30").contains("expects a string literal, found an integer"));
+        assert!(error(r#"privileged = "true""#).contains("expects a bool literal"));
+        assert!(error(r#"writes = "/etc""#).contains("expects an array of string literals"));
+        assert!(error("writes = [ETC]").contains("found an expression"));
+        assert!(error(r#"rootfs = """#).contains("rootfs is empty"));
+    }
+
+    #[test]
+    fn every_mistake_is_reported() {
+        let Err(e) = parse(r#"hostname = "a_b", nope = 1, timeout = "1h""#) else {
+            panic!("accepted");
+        };
+        assert_eq!(e.into_iter().count(), 3);
+    }
+
+    #[test]
+    fn hostnames_use_the_shared_check() {
+        assert_eq!(
+            error(r#"hostname = "web_1""#),
+            validate::hostname("web_1").unwrap_err()
+        );
+    }
+
+    #[test]
+    fn writes_are_absolute() {
+        assert!(error(r#"writes = ["/etc", "etc"]"#).contains("\"etc\" is not absolute"));
+    }
+
+    #[test]
+    fn leak_checks() {
+        assert!(error(r#"allow_leaks = ["files"]"#).contains("unknown leak check \"files\""));
+    }
+
+    #[test]
+    fn bind_shapes() {
+        for good in ["data:/data", "data:/data:ro", "/src:/dst:rw", "a:/"] {
+            assert_eq!(bind_shape(good), Ok(()), "{good}");
+        }
+        for (bad, problem) in [
+            ("data", "is not SRC:DST"),
+            ("a:b:c:d", "is not SRC:DST"),
+            (":/data", "empty source"),
+            ("data:data", "relative destination"),
+            ("data:", "relative destination"),
+            ("data:/data:rx", "mode \"rx\""),
+        ] {
+            let e = bind_shape(bad).unwrap_err();
+            assert!(e.contains(problem), "{bad}: {e}");
+        }
+    }
 }

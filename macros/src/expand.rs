@@ -83,11 +83,17 @@ fn check(func: &ItemFn) -> syn::Result<bool> {
                 "second test attribute is supplied, consider removing or changing the order of \
                  your test attributes; #[isolated] already makes the function a test",
             )),
-            TestKind::Cases => errors.push(syn::Error::new_spanned(
-                attr,
-                "a test attribute below #[isolated] would make a second test; put #[isolated] \
-                 after it so that it applies to each generated case",
-            )),
+            TestKind::Cases => {
+                let path = attr.path().to_token_stream().to_string().replace(' ', "");
+                errors.push(syn::Error::new_spanned(
+                    attr,
+                    format!(
+                        "second test attribute is supplied: #[{path}] below #[isolated] makes its \
+                         own tests; put #[isolated] after #[{path}] so that it applies to each \
+                         generated case"
+                    ),
+                ))
+            }
         }
     }
     match errors.0 {
@@ -202,5 +208,140 @@ fn meta(args: &Args, name: &LitStr) -> TokenStream {
             #(#fields)*
             #rest
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The expansion of `#[isolated(args)] item`, or the error messages joined by newlines.
+    fn expand(args: &str, item: &str) -> Result<String, String> {
+        isolated(syn::parse_str(args), syn::parse_str(item))
+            .map(|tokens| tokens.to_string())
+            .map_err(|e| {
+                e.into_iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+    }
+
+    fn squash(tokens: &str) -> String {
+        tokens.split_whitespace().collect()
+    }
+
+    #[test]
+    fn plain_test() {
+        let out = expand("", "fn t() { body(); }").unwrap();
+        let expected = quote! {
+            #[::core::prelude::v1::test]
+            fn t() {
+                ::isotest::__private::run(
+                    &::isotest::__private::Meta {
+                        name: "t",
+                        module_path: ::core::module_path!(),
+                        manifest_dir: ::core::env!("CARGO_MANIFEST_DIR"),
+                        hostname: ::core::option::Option::None,
+                        ..::isotest::__private::Meta::DEFAULT
+                    },
+                    move || { body(); }
+                )
+            }
+        };
+        assert_eq!(squash(&out), squash(&expected.to_string()));
+    }
+
+    #[test]
+    fn arguments_become_meta_fields() {
+        let out = expand(
+            r#"hostname = "web1", timeout = "5s", privileged = true, writes = ["/etc/x"],
+               bind = ["a:/b"], allow_leaks = ["mounts"], rootfs = "host""#,
+            "fn t() {}",
+        )
+        .unwrap();
+        let out = squash(&out);
+        for field in [
+            r#"hostname:::core::option::Option::Some("web1")"#,
+            "timeout_ms:::core::option::Option::Some(5000u64)",
+            "privileged:true",
+            r#"writes:::core::option::Option::Some(&["/etc/x"])"#,
+            r#"bind:&["a:/b"]"#,
+            r#"allow_leaks:&["mounts"]"#,
+            r#"rootfs:::core::option::Option::Some("host")"#,
+        ] {
+            assert!(out.contains(field), "{field} missing in {out}");
+        }
+        // Every field is set, so `..DEFAULT` would be a needless update.
+        assert!(!out.contains("DEFAULT"), "{out}");
+    }
+
+    #[test]
+    fn keeps_attributes_visibility_and_return_type() {
+        let out = expand(
+            "",
+            r#"#[should_panic(expected = "boom")] pub(crate) fn t() -> Result<(), String> { Ok(()) }"#,
+        )
+        .unwrap();
+        let out = squash(&out);
+        assert!(out.starts_with(&squash(
+            r#"#[::core::prelude::v1::test] #[should_panic(expected = "boom")] pub(crate) fn t() -> Result<(), String>"#
+        )), "{out}");
+        assert!(out.contains("move||->Result<(),String>{Ok(())}"), "{out}");
+    }
+
+    #[test]
+    fn no_second_test_attribute() {
+        let out = expand("", "#[test] fn t() {}").unwrap();
+        assert_eq!(out.matches("test]").count(), 1, "{out}");
+        // rstest has put `#[test]` above `#[isolated]` already; its trace is the empty `<>`.
+        let out = expand("", "fn case_1<>() { let x = 1; t(x) }").unwrap();
+        assert!(!out.contains("test]"), "{out}");
+        assert!(squash(&out).starts_with("fncase_1()"), "{out}");
+    }
+
+    #[test]
+    fn raw_identifiers_are_named_without_prefix() {
+        assert!(expand("", "fn r#match() {}")
+            .unwrap()
+            .contains("name : \"match\""));
+    }
+
+    #[test]
+    fn rejections() {
+        assert!(expand("", "async fn t() {}")
+            .unwrap_err()
+            .contains("synchronous"));
+        assert!(expand("", "fn t<T>() {}")
+            .unwrap_err()
+            .contains("cannot be generic"));
+        assert!(expand("", "fn t<'a>() {}")
+            .unwrap_err()
+            .contains("cannot be generic"));
+        assert!(expand("", "fn t(x: u32) {}")
+            .unwrap_err()
+            .contains("put #[isolated] after #[rstest]"));
+        for second in [
+            "#[test] #[test]",
+            "#[tokio::test]",
+            "#[test] #[async_std::test]",
+        ] {
+            let e = expand("", &format!("{second} fn t() {{}}")).unwrap_err();
+            assert!(
+                e.starts_with("second test attribute is supplied"),
+                "{second}: {e}"
+            );
+        }
+        let e = expand("", "#[rstest] fn t() {}").unwrap_err();
+        assert!(e.contains("put #[isolated] after #[rstest]"), "{e}");
+        assert!(expand("", "struct S;")
+            .unwrap_err()
+            .contains("goes on a test function"));
+    }
+
+    #[test]
+    fn argument_and_function_errors_together() {
+        let e = expand("nope = 1", "async fn t(x: u32) {}").unwrap_err();
+        assert_eq!(e.lines().count(), 3, "{e}");
     }
 }

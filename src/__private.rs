@@ -69,6 +69,8 @@ impl<E: std::fmt::Debug> Outcome for Result<(), E> {
 /// Runs `body` in a fresh sandbox: called by the test thread (the supervisor) and again,
 /// after the re-exec, inside the sandbox.
 pub fn run<T: Outcome>(meta: &Meta, body: impl FnOnce() -> T) -> T {
-    let _ = meta;
-    body()
+    match std::env::var(crate::spawn::ENV_SANDBOX) {
+        Ok(channel) => crate::test::in_sandbox(meta, &channel, body),
+        Err(_) => crate::test::supervise(meta),
+    }
 }

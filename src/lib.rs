@@ -15,7 +15,12 @@
 
 pub mod config;
 pub mod error;
+pub mod plan;
 pub mod rootfs;
+pub mod sandbox;
+pub mod spawn;
+mod test;
+mod sys;
 mod validate;
 
 pub use config::Config;

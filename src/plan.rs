@@ -1,0 +1,419 @@
+//! Config → Plan: the ordered list of mount and pivot steps a sandbox is built from.
+//!
+//! Planning is pure (unit-tested without privileges); [`crate::sandbox`] applies the steps.
+//! The sandbox is assembled under [`SCRATCH`], a tmpfs mounted in the child's own mount
+//! namespace over the host's `/tmp` (shadowing it only there; whatever the child needs from
+//! under it was opened before): `upper/` and `work/` hold the overlay's writable layer, so
+//! nothing a test writes ever reaches the host disk, and `root/` is the new root.
+
+use std::fmt;
+
+/// Where the child mounts its scratch tmpfs. It exists on every Linux host.
+pub const SCRATCH: &str = "/tmp";
+/// The overlay's upper layer.
+pub const UPPER: &str = "/tmp/upper";
+/// The overlay's work directory.
+pub const WORK: &str = "/tmp/work";
+/// The new root, pivoted into before the test body runs.
+pub const NEW_ROOT: &str = "/tmp/root";
+
+/// Mount flags, as in mount(2).
+pub mod flags {
+    /// `MS_RDONLY`.
+    pub const RDONLY: u64 = libc::MS_RDONLY;
+    /// `MS_NOSUID`.
+    pub const NOSUID: u64 = libc::MS_NOSUID;
+    /// `MS_NODEV`.
+    pub const NODEV: u64 = libc::MS_NODEV;
+    /// `MS_NOEXEC`.
+    pub const NOEXEC: u64 = libc::MS_NOEXEC;
+    /// `MS_REC | MS_PRIVATE`.
+    pub const REC_PRIVATE: u64 = libc::MS_REC | libc::MS_PRIVATE;
+}
+
+/// One step of building a sandbox. Paths are absolute in the child's view before the pivot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `mount(source, target, fstype, flags, data)`.
+    Mount {
+        /// Source (the fs name for pseudo file systems).
+        source: String,
+        /// Mount point.
+        target: String,
+        /// File system type; `None` for a propagation change.
+        fstype: Option<String>,
+        /// `MS_*` flags.
+        flags: u64,
+        /// File-system-specific options.
+        data: Option<String>,
+    },
+    /// A bind mount of `source` on `target`, made read-only when `readonly`.
+    Bind {
+        /// Host path (or `/proc/self/fd/N`).
+        source: String,
+        /// Mount point.
+        target: String,
+        /// Also bind the mounts below `source` (`MS_REC`).
+        recursive: bool,
+        /// Make the bind read-only.
+        readonly: bool,
+        /// A missing source is skipped (kernel files a config may leave out).
+        optional: bool,
+    },
+    /// Makes a mount read-only (`mount_setattr(MOUNT_ATTR_RDONLY)`), keeping its other flags.
+    Readonly {
+        /// The mount point.
+        target: String,
+    },
+    /// `mkdir(path, mode)` unless it exists.
+    Mkdir {
+        /// The directory.
+        path: String,
+        /// Its mode.
+        mode: u32,
+    },
+    /// `open(path, O_PATH)` in the child's own mount namespace, as fd `fd` (a number the
+    /// supervisor reserved). Mounts need paths of the child's namespace: an fd opened by the
+    /// supervisor names the host's mounts, which overlayfs and bind mounts refuse.
+    Open {
+        /// The path, resolved before the scratch tmpfs can shadow it.
+        path: String,
+        /// The fd number it lands on.
+        fd: i32,
+    },
+    /// Creates an empty file to bind a file onto.
+    Touch {
+        /// The file.
+        path: String,
+    },
+    /// `symlink(target, link)`.
+    Symlink {
+        /// What the link points to.
+        target: String,
+        /// The link.
+        link: String,
+    },
+    /// `sethostname(name)`.
+    Hostname(String),
+    /// Brings `lo` up.
+    LoopbackUp,
+    /// `chdir(new_root)`, `pivot_root(".", ".")`, `umount2(".", MNT_DETACH)`, `chdir("/")`.
+    Pivot(String),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+            } => write!(
+                f,
+                "mount({source:?}, {target:?}, {:?}, {flags:#x}, {:?})",
+                fstype.as_deref().unwrap_or(""),
+                data.as_deref().unwrap_or("")
+            ),
+            Step::Bind {
+                source,
+                target,
+                recursive,
+                readonly,
+                ..
+            } => write!(
+                f,
+                "mount({source:?}, {target:?}, MS_BIND{}{})",
+                if *recursive { "|MS_REC" } else { "" },
+                if *readonly { ", then read-only" } else { "" }
+            ),
+            Step::Readonly { target } => {
+                write!(f, "mount_setattr({target:?}, MOUNT_ATTR_RDONLY)")
+            }
+            Step::Mkdir { path, mode } => write!(f, "mkdir({path:?}, {mode:#o})"),
+            Step::Open { path, fd } => write!(f, "open({path:?}, O_PATH) as fd {fd}"),
+            Step::Touch { path } => write!(f, "open({path:?}, O_CREAT)"),
+            Step::Symlink { target, link } => write!(f, "symlink({target:?}, {link:?})"),
+            Step::Hostname(name) => write!(f, "sethostname({name:?})"),
+            Step::LoopbackUp => write!(f, "ioctl(\"lo\", SIOCSIFFLAGS, IFF_UP)"),
+            Step::Pivot(root) => write!(f, "pivot_root({root:?}, {root:?})"),
+        }
+    }
+}
+
+/// What a plan is computed from.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// The lower layer (the root filesystem directory) on the host.
+    pub lower: String,
+    /// The fd number reserved for the lower layer in the child.
+    pub lower_fd: i32,
+    /// The sandbox's hostname.
+    pub hostname: String,
+    /// The child runs in a user namespace (overlay needs `userxattr`).
+    pub userns: bool,
+    /// The group `tty` (gid 5) is mapped inside, so devpts can use it.
+    pub tty_gid_mapped: bool,
+}
+
+/// The device nodes bound from the host into the sandbox's `/dev`.
+pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Paths under `/proc` made read-only: kernel knobs a test must not reach.
+pub const PROC_READONLY: [&str; 2] = ["sys", "sysrq-trigger"];
+
+/// Computes the steps that build the sandbox (everything up to, not including, the pivot).
+pub fn plan(input: &Input) -> Vec<Step> {
+    let mut steps = Vec::with_capacity(48);
+    let root = |p: &str| format!("{NEW_ROOT}{p}");
+    let mount = |source: &str, target: String, fstype: &str, flags: u64, data: Option<&str>| {
+        Step::Mount {
+            source: source.into(),
+            target,
+            fstype: Some(fstype.into()),
+            flags,
+            data: data.map(Into::into),
+        }
+    };
+    use flags::*;
+
+    // Nothing mounted from here on propagates back to the host.
+    steps.push(Step::Mount {
+        source: "none".into(),
+        target: "/".into(),
+        fstype: None,
+        flags: REC_PRIVATE,
+        data: None,
+    });
+    // Hold on to the lower layer before the scratch tmpfs can shadow its path.
+    steps.push(Step::Open {
+        path: input.lower.clone(),
+        fd: input.lower_fd,
+    });
+    // The scratch tmpfs: upper and work dirs of the overlay, and the new root's mount point.
+    steps.push(mount("isotest", SCRATCH.into(), "tmpfs", NOSUID | NODEV, Some("mode=0755")));
+    for dir in [UPPER, WORK, NEW_ROOT] {
+        steps.push(Step::Mkdir {
+            path: dir.into(),
+            mode: 0o755,
+        });
+    }
+    let mut overlay = format!(
+        "lowerdir=/proc/self/fd/{},upperdir={UPPER},workdir={WORK}",
+        input.lower_fd
+    );
+    if input.userns {
+        overlay.push_str(",userxattr");
+    }
+    steps.push(mount("overlay", NEW_ROOT.into(), "overlay", 0, Some(&overlay)));
+
+    // /proc: the sandbox's own processes; kernel knobs read-only.
+    steps.push(Step::Mkdir {
+        path: root("/proc"),
+        mode: 0o555,
+    });
+    steps.push(mount("proc", root("/proc"), "proc", NOSUID | NODEV | NOEXEC, None));
+    for p in PROC_READONLY {
+        let target = root(&format!("/proc/{p}"));
+        steps.push(Step::Bind {
+            source: target.clone(),
+            target,
+            recursive: true,
+            readonly: true,
+            optional: true,
+        });
+    }
+
+    // /sys: read-only sysfs of the sandbox's network namespace.
+    steps.push(Step::Mkdir {
+        path: root("/sys"),
+        mode: 0o555,
+    });
+    steps.push(mount(
+        "sysfs",
+        root("/sys"),
+        "sysfs",
+        RDONLY | NOSUID | NODEV | NOEXEC,
+        None,
+    ));
+
+    // /dev: a tmpfs with the harmless devices bound from the host (mknod is not allowed in a
+    // user namespace), its own devpts, shm and the usual links.
+    steps.push(Step::Mkdir {
+        path: root("/dev"),
+        mode: 0o755,
+    });
+    steps.push(mount("tmpfs", root("/dev"), "tmpfs", NOSUID | NOEXEC, Some("mode=0755")));
+    for dev in DEVICES {
+        let target = root(&format!("/dev/{dev}"));
+        steps.push(Step::Touch {
+            path: target.clone(),
+        });
+        steps.push(Step::Bind {
+            source: format!("/dev/{dev}"),
+            target,
+            recursive: false,
+            readonly: false,
+            optional: false,
+        });
+    }
+    steps.push(Step::Mkdir {
+        path: root("/dev/pts"),
+        mode: 0o755,
+    });
+    let pts = if input.tty_gid_mapped {
+        "newinstance,ptmxmode=0666,mode=0620,gid=5"
+    } else {
+        "newinstance,ptmxmode=0666,mode=0620"
+    };
+    steps.push(mount("devpts", root("/dev/pts"), "devpts", NOSUID | NOEXEC, Some(pts)));
+    steps.push(Step::Symlink {
+        target: "pts/ptmx".into(),
+        link: root("/dev/ptmx"),
+    });
+    steps.push(Step::Mkdir {
+        path: root("/dev/shm"),
+        mode: 0o1777,
+    });
+    steps.push(mount(
+        "shm",
+        root("/dev/shm"),
+        "tmpfs",
+        NOSUID | NODEV,
+        Some("mode=1777"),
+    ));
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        steps.push(Step::Symlink {
+            target: target.into(),
+            link: root(&format!("/dev/{link}")),
+        });
+    }
+
+    // /tmp: fresh and empty.
+    steps.push(Step::Mkdir {
+        path: root("/tmp"),
+        mode: 0o1777,
+    });
+    steps.push(mount("tmpfs", root("/tmp"), "tmpfs", NOSUID | NODEV, Some("mode=1777")));
+
+    steps.push(Step::Hostname(input.hostname.clone()));
+    steps.push(Step::LoopbackUp);
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(userns: bool) -> Input {
+        Input {
+            lower: "/srv/rootfs".into(),
+            lower_fd: 7,
+            hostname: "web1".into(),
+            userns,
+            tty_gid_mapped: true,
+        }
+    }
+
+    fn targets(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Mount { target, .. } | Step::Bind { target, .. } => Some(target.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn starts_private_then_scratch_then_overlay() {
+        let steps = plan(&input(true));
+        assert!(matches!(&steps[0], Step::Mount { target, flags, fstype: None, .. }
+            if target == "/" && *flags == flags::REC_PRIVATE));
+        assert_eq!(
+            steps[1],
+            Step::Open {
+                path: "/srv/rootfs".into(),
+                fd: 7
+            }
+        );
+        assert!(matches!(&steps[2], Step::Mount { target, fstype: Some(t), .. }
+            if target == SCRATCH && t == "tmpfs"));
+        let overlay = steps
+            .iter()
+            .find_map(|s| match s {
+                Step::Mount { fstype: Some(t), data, .. } if t == "overlay" => data.clone(),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            overlay,
+            "lowerdir=/proc/self/fd/7,upperdir=/tmp/upper,workdir=/tmp/work,userxattr"
+        );
+    }
+
+    #[test]
+    fn no_userxattr_without_user_namespace() {
+        let steps = plan(&input(false));
+        assert!(!steps.iter().any(|s| s.to_string().contains("userxattr")));
+    }
+
+    #[test]
+    fn every_mount_lands_inside_the_new_root_after_the_scratch() {
+        let steps = plan(&input(true));
+        let t = targets(&steps);
+        assert_eq!(t[0], "/");
+        assert_eq!(t[1], SCRATCH);
+        for target in &t[2..] {
+            assert!(target.starts_with(NEW_ROOT), "{target} outside the new root");
+        }
+        for want in ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/tmp", "/dev/null"] {
+            assert!(t.contains(&format!("{NEW_ROOT}{want}")), "{want} not mounted");
+        }
+    }
+
+    #[test]
+    fn kernel_knobs_are_read_only() {
+        let steps = plan(&input(true));
+        for p in ["/proc/sys", "/proc/sysrq-trigger"] {
+            let target = format!("{NEW_ROOT}{p}");
+            assert!(steps.iter().any(|s| matches!(s, Step::Bind { target: t, readonly: true, .. } if *t == target)));
+        }
+        assert!(steps.iter().any(|s| matches!(s, Step::Mount { fstype: Some(t), flags, .. }
+            if t == "sysfs" && flags & flags::RDONLY != 0)));
+    }
+
+    #[test]
+    fn devpts_group_only_when_mapped() {
+        let mut i = input(true);
+        i.tty_gid_mapped = false;
+        assert!(!plan(&i).iter().any(|s| s.to_string().contains("gid=5")));
+        assert!(plan(&input(true)).iter().any(|s| s.to_string().contains("gid=5")));
+    }
+
+    #[test]
+    fn ends_with_hostname_and_loopback() {
+        let steps = plan(&input(true));
+        let n = steps.len();
+        assert_eq!(steps[n - 2], Step::Hostname("web1".into()));
+        assert_eq!(steps[n - 1], Step::LoopbackUp);
+    }
+
+    #[test]
+    fn steps_describe_themselves_like_the_call() {
+        let s = Step::Bind {
+            source: "/dev/null".into(),
+            target: "/tmp/root/dev/null".into(),
+            recursive: false,
+            readonly: false,
+            optional: false,
+        };
+        assert_eq!(s.to_string(), "mount(\"/dev/null\", \"/tmp/root/dev/null\", MS_BIND)");
+    }
+}

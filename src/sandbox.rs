@@ -1,0 +1,315 @@
+//! Child side: applies a [`Plan`](crate::plan) in the freshly cloned child, execs, and — in the
+//! re-executed test binary — finishes the pivot into the new root.
+//!
+//! Between `clone3` and `execve` the child is a copy of a multi-threaded process: it may only do
+//! async-signal-safe work. Everything it touches ([`Prepared`]) is allocated before the clone;
+//! the child only reads it and makes raw system calls.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use crate::error::{Error, Result};
+use crate::plan::Step;
+use crate::sys::raw;
+
+/// Messages on the channel between supervisor and child (one per SEQPACKET datagram).
+pub mod msg {
+    /// Child → supervisor: parent-death signal armed, waiting for the id maps.
+    pub const READY: u8 = b'R';
+    /// Supervisor → child: id maps written, go on.
+    pub const GO: u8 = b'G';
+    /// Child → supervisor: step N failed with errno E (`E`, errno as i32 LE, step as u32 LE).
+    pub const STEP_FAILED: u8 = b'E';
+    /// Child → supervisor: exec failed (`X`, errno as i32 LE).
+    pub const EXEC_FAILED: u8 = b'X';
+    /// Test → supervisor: the body is about to start; what was printed before is libtest's.
+    pub const START: u8 = b'S';
+    /// Supervisor → test: libtest's header is dropped, run the body.
+    pub const STARTED: u8 = b'A';
+    /// Test → supervisor: passed.
+    pub const PASS: u8 = b'P';
+    /// Test → supervisor: failed, followed by the message.
+    pub const FAIL: u8 = b'F';
+}
+
+/// A plan step with every string as a C string, ready for the child.
+#[derive(Debug)]
+pub enum CStep {
+    /// See [`Step::Mount`].
+    Mount {
+        /// Source.
+        source: CString,
+        /// Target.
+        target: CString,
+        /// File system type.
+        fstype: Option<CString>,
+        /// Flags.
+        flags: libc::c_ulong,
+        /// Options.
+        data: Option<CString>,
+    },
+    /// See [`Step::Bind`].
+    Bind {
+        /// Source.
+        source: CString,
+        /// Target.
+        target: CString,
+        /// `MS_REC`.
+        recursive: bool,
+        /// Then read-only.
+        readonly: bool,
+        /// Skip a missing source.
+        optional: bool,
+    },
+    /// See [`Step::Readonly`].
+    Readonly(CString),
+    /// See [`Step::Mkdir`].
+    Mkdir(CString, libc::mode_t),
+    /// See [`Step::Open`].
+    Open(CString, RawFd),
+    /// See [`Step::Touch`].
+    Touch(CString),
+    /// See [`Step::Symlink`].
+    Symlink(CString, CString),
+    /// See [`Step::Hostname`].
+    Hostname(CString),
+    /// See [`Step::LoopbackUp`].
+    LoopbackUp,
+    /// See [`Step::Pivot`].
+    Pivot(CString),
+}
+
+fn c(s: &str) -> Result<CString> {
+    crate::sys::cstring(s.as_bytes())
+}
+
+/// Converts the plan's steps into C strings.
+pub fn compile(steps: &[Step]) -> Result<Vec<CStep>> {
+    steps
+        .iter()
+        .map(|s| {
+            Ok(match s {
+                Step::Mount {
+                    source,
+                    target,
+                    fstype,
+                    flags,
+                    data,
+                } => CStep::Mount {
+                    source: c(source)?,
+                    target: c(target)?,
+                    fstype: fstype.as_deref().map(c).transpose()?,
+                    flags: *flags as libc::c_ulong,
+                    data: data.as_deref().map(c).transpose()?,
+                },
+                Step::Bind {
+                    source,
+                    target,
+                    recursive,
+                    readonly,
+                    optional,
+                } => CStep::Bind {
+                    source: c(source)?,
+                    target: c(target)?,
+                    recursive: *recursive,
+                    readonly: *readonly,
+                    optional: *optional,
+                },
+                Step::Readonly { target } => CStep::Readonly(c(target)?),
+                Step::Mkdir { path, mode } => CStep::Mkdir(c(path)?, *mode as libc::mode_t),
+                Step::Open { path, fd } => CStep::Open(c(path)?, *fd),
+                Step::Touch { path } => CStep::Touch(c(path)?),
+                Step::Symlink { target, link } => CStep::Symlink(c(target)?, c(link)?),
+                Step::Hostname(name) => CStep::Hostname(c(name)?),
+                Step::LoopbackUp => CStep::LoopbackUp,
+                Step::Pivot(root) => CStep::Pivot(c(root)?),
+            })
+        })
+        .collect()
+}
+
+/// Applies one step. Async-signal-safe.
+fn apply(step: &CStep) -> std::result::Result<(), i32> {
+    match step {
+        CStep::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } => raw::mount(
+            Some(source),
+            target,
+            fstype.as_deref(),
+            *flags,
+            data.as_deref(),
+        ),
+        CStep::Bind {
+            source,
+            target,
+            recursive,
+            readonly,
+            optional,
+        } => {
+            let rec = if *recursive { libc::MS_REC } else { 0 };
+            match raw::mount(Some(source), target, None, libc::MS_BIND | rec, None) {
+                Err(libc::ENOENT) if *optional => return Ok(()),
+                r => r?,
+            }
+            if *readonly {
+                raw::mount_setattr(target, *recursive, raw::MOUNT_ATTR_RDONLY)?;
+            }
+            Ok(())
+        }
+        CStep::Readonly(target) => raw::mount_setattr(target, false, raw::MOUNT_ATTR_RDONLY),
+        CStep::Mkdir(path, mode) => raw::mkdir(path, *mode),
+        CStep::Open(path, fd) => raw::open_as(path, *fd),
+        CStep::Touch(path) => raw::touch(path, 0o644),
+        CStep::Symlink(target, link) => raw::symlink(target, link),
+        CStep::Hostname(name) => raw::sethostname(name),
+        CStep::LoopbackUp => raw::loopback_up(),
+        CStep::Pivot(root) => {
+            // Enter the new root, so that "." names it.
+            raw::chdir(root)?;
+            // Stack the old root on top of the new one: put_old may be new_root itself.
+            raw::pivot_root(c".", c".")?;
+            // Detach the old root, now the top of "/"; what stays is the new root.
+            raw::umount2(c".", libc::MNT_DETACH)?;
+            // Leave no working directory in what was the old root.
+            raw::chdir(c"/")
+        }
+    }
+}
+
+/// What the child execs once the sandbox is built.
+#[derive(Debug)]
+pub struct ExecSpec {
+    /// Exec this fd (`execveat`) when set, else `path` (`execve`).
+    pub fd: Option<RawFd>,
+    /// The program path for `execve` (and for messages).
+    pub path: CString,
+    /// Arguments; the pointer array below points into these.
+    pub argv: Vec<CString>,
+    /// Environment.
+    pub envp: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
+}
+
+// SAFETY-free note: the raw pointer arrays point into `argv`/`envp`, which the struct owns and
+// never mutates after construction.
+impl ExecSpec {
+    /// Prepares the NULL-terminated pointer arrays.
+    pub fn new(fd: Option<RawFd>, path: CString, argv: Vec<CString>, envp: Vec<CString>) -> Self {
+        let argv_ptrs = argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp_ptrs = envp
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        ExecSpec {
+            fd,
+            path,
+            argv,
+            envp,
+            argv_ptrs,
+            envp_ptrs,
+        }
+    }
+}
+
+/// Everything the cloned child needs, prepared before the clone.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The child's end of the channel; stays open across exec when `keep_channel`.
+    pub channel: RawFd,
+    /// The supervisor's end, closed in the child.
+    pub supervisor_channel: RawFd,
+    /// Becomes the child's fd 0, 1, 2.
+    pub stdio: [RawFd; 3],
+    /// The steps.
+    pub steps: Vec<CStep>,
+    /// The exec.
+    pub exec: ExecSpec,
+    /// Keep the channel open in the exec'd program (a re-executed test reports over it).
+    pub keep_channel: bool,
+    /// Start a new session (no controlling terminal from the host).
+    pub new_session: bool,
+}
+
+fn send(fd: RawFd, tag: u8, a: i32, b: u32) {
+    let mut m = [0u8; 9];
+    m[0] = tag;
+    m[1..5].copy_from_slice(&a.to_le_bytes());
+    m[5..9].copy_from_slice(&b.to_le_bytes());
+    let _ = raw::write_all(fd, &m);
+}
+
+/// The cloned child's whole life: handshake, build the sandbox, exec. Never returns.
+/// Async-signal-safe: only reads `p` and makes raw system calls.
+pub fn child_main(p: &Prepared) -> ! {
+    raw::close(p.supervisor_channel);
+    // Die with the supervisor's thread. If it is already gone, the handshake below reads EOF.
+    if raw::set_pdeathsig(libc::SIGKILL).is_err() {
+        raw::exit(120);
+    }
+    let _ = raw::write_all(p.channel, &[msg::READY]);
+    let mut go = [0u8; 1];
+    match raw::read(p.channel, &mut go) {
+        Ok(1) if go[0] == msg::GO => {}
+        _ => raw::exit(121),
+    }
+    raw::reset_signals();
+    for (i, step) in p.steps.iter().enumerate() {
+        if let Err(e) = apply(step) {
+            send(p.channel, msg::STEP_FAILED, e, i as u32);
+            raw::exit(122);
+        }
+    }
+    if p.new_session {
+        raw::setsid();
+    }
+    for (i, fd) in p.stdio.iter().enumerate() {
+        if raw::dup2(*fd, i as RawFd).is_err() {
+            raw::exit(123);
+        }
+    }
+    // Nothing of the supervisor's beyond stdio (and the channel) reaches the sandbox.
+    if raw::cloexec_from(3).is_err() {
+        raw::exit(124);
+    }
+    if p.keep_channel && raw::keep_on_exec(p.channel).is_err() {
+        raw::exit(125);
+    }
+    let e = match p.exec.fd {
+        Some(fd) => raw::execveat(fd, &p.exec.argv_ptrs, &p.exec.envp_ptrs),
+        None => raw::execve(&p.exec.path, &p.exec.argv_ptrs, &p.exec.envp_ptrs),
+    };
+    send(p.channel, msg::EXEC_FAILED, e, 0);
+    raw::exit(127)
+}
+
+/// In the re-executed test binary: moves into the new root and drops the old one.
+pub fn finish_pivot() -> Result<()> {
+    let step = Step::Pivot(crate::plan::NEW_ROOT.into());
+    let compiled = compile(std::slice::from_ref(&step))?;
+    apply(&compiled[0]).map_err(|e| Error::Sys {
+        call: step.to_string(),
+        errno: crate::error::Errno(e),
+    })
+}
+
+/// Describes a failed step for the supervisor's error.
+pub fn step_error(steps: &[Step], index: u32, errno: i32) -> Error {
+    let call = steps
+        .get(index as usize)
+        .map_or_else(|| format!("setup step {index}"), ToString::to_string);
+    Error::Sys {
+        call,
+        errno: crate::error::Errno(errno),
+    }
+}

@@ -1,0 +1,680 @@
+//! The only module that calls into the kernel for namespaces, mounts and processes, and the
+//! only one with `unsafe`. Every wrapper is named after its system call.
+//!
+//! Functions here fall in two groups:
+//! - `raw_*` functions run in the freshly cloned child, between `clone3` and `execve`, where only
+//!   async-signal-safe work is allowed: they take pointers prepared before the clone, never
+//!   allocate, and return the errno on failure.
+//! - the others run on the host side (the supervisor) or in the re-executed test, may allocate,
+//!   and turn a failure into [`Error::Sys`] naming the call and its arguments.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use crate::error::{Errno, Error, Result};
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Builds the error for a failed call from the current errno.
+fn fail(call: impl Into<String>) -> Error {
+    Error::Sys {
+        call: call.into(),
+        errno: Errno(errno()),
+    }
+}
+
+/// The arguments of `clone3(2)`.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3(flags | CLONE_PIDFD, exit_signal = SIGCHLD)`: like fork(2), into new namespaces.
+/// The child runs `child(arg)`, which never returns; the parent gets the child's pid and a
+/// pidfd.
+///
+/// `child` runs in a copy of a multi-threaded process: it must do only async-signal-safe work
+/// (the [`raw`] functions, no allocation, no locks) until it execs or exits. Every caller passes
+/// [`crate::sandbox::child_main`], which keeps to that.
+pub fn clone3<T>(flags: u64, arg: &T, child: fn(&T) -> !) -> Result<(libc::pid_t, OwnedFd)> {
+    let mut pidfd: RawFd = -1;
+    let args = CloneArgs {
+        flags: flags | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size passed; no stack is given, so the child
+    // runs on a copy of this stack like fork(2), and only runs `child`, which never returns.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        -1 => Err(fail(format!("clone3(flags={flags:#x})"))),
+        0 => child(arg),
+        // SAFETY: the kernel stored a new pidfd that nothing else owns.
+        pid => Ok((pid as libc::pid_t, unsafe { OwnedFd::from_raw_fd(pidfd) })),
+    }
+}
+
+/// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`.
+pub fn socketpair() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: fds is a valid out-array of two ints.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(fail("socketpair(AF_UNIX, SOCK_SEQPACKET)"));
+    }
+    // SAFETY: both fds are new and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `pipe2(O_CLOEXEC)`: (read end, write end).
+pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: fds is a valid out-array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(fail("pipe2(O_CLOEXEC)"));
+    }
+    // SAFETY: both fds are new and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `open(path, O_PATH | O_CLOEXEC | extra)`.
+pub fn open_path(path: &Path, extra: libc::c_int) -> Result<OwnedFd> {
+    let c = cstring(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | extra) };
+    if fd < 0 {
+        return Err(fail(format!("open({:?}, O_PATH)", path)));
+    }
+    // SAFETY: fd is new.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `open(path, flags | O_CLOEXEC)`.
+pub fn open(path: &Path, flags: libc::c_int) -> Result<OwnedFd> {
+    let c = cstring(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(fail(format!("open({:?})", path)));
+    }
+    // SAFETY: fd is new.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A C string from bytes, or an error naming the value with the NUL.
+pub fn cstring(bytes: &[u8]) -> Result<CString> {
+    CString::new(bytes).map_err(|_| Error::InvalidOption {
+        option: "path",
+        value: String::from_utf8_lossy(bytes).into_owned(),
+        problem: "contains a NUL byte".into(),
+    })
+}
+
+/// `pidfd_send_signal(pidfd, sig)`.
+pub fn pidfd_send_signal(pidfd: &OwnedFd, sig: libc::c_int) -> Result<()> {
+    // SAFETY: a valid pidfd; null info and zero flags as documented.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r != 0 && errno() != libc::ESRCH {
+        return Err(fail(format!("pidfd_send_signal({sig})")));
+    }
+    Ok(())
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `exit(code)`.
+    Code(i32),
+    /// Killed by a signal.
+    Signal(i32),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Signal(s) => write!(f, "signal {s} ({})", signal_name(*s)),
+        }
+    }
+}
+
+/// The name of a signal number (`SIGKILL`).
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGSYS => "SIGSYS",
+        _ => "unknown signal",
+    }
+}
+
+/// `waitid(P_PIDFD, pidfd, WEXITED)`: reaps the child.
+pub fn waitid_pidfd(pidfd: &OwnedFd) -> Result<Exit> {
+    loop {
+        // SAFETY: zeroed siginfo_t is a valid out-parameter.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pidfd and out-pointer.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            )
+        };
+        if r != 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return Err(fail("waitid(P_PIDFD, WEXITED)"));
+        }
+        // SAFETY: waitid filled in a SIGCHLD siginfo.
+        let status = unsafe { info.si_status() };
+        return Ok(match info.si_code {
+            libc::CLD_EXITED => Exit::Code(status),
+            _ => Exit::Signal(status),
+        });
+    }
+}
+
+/// `poll(fds, timeout_ms)`, retried on EINTR. Returns the number of ready fds.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> Result<usize> {
+    loop {
+        // SAFETY: fds is a valid slice of pollfd.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        if errno() != libc::EINTR {
+            return Err(fail("poll"));
+        }
+    }
+}
+
+/// `read(fd, buf)`, retried on EINTR; `Ok(0)` at end of file, `Err(EAGAIN)` when empty and
+/// non-blocking.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> std::result::Result<usize, i32> {
+    loop {
+        // SAFETY: buf is valid for writes of its length.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = errno();
+        if e != libc::EINTR {
+            return Err(e);
+        }
+    }
+}
+
+/// `write` of the whole buffer, retried on EINTR and short writes.
+pub fn write_all(fd: RawFd, mut buf: &[u8]) -> std::result::Result<(), i32> {
+    while !buf.is_empty() {
+        // SAFETY: buf is valid for reads of its length.
+        let r = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if r < 0 {
+            let e = errno();
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[r as usize..];
+    }
+    Ok(())
+}
+
+/// `fcntl(fd, F_SETFL, O_NONBLOCK)`.
+pub fn set_nonblocking(fd: RawFd) -> Result<()> {
+    // SAFETY: plain fcntl on an fd we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(fail(format!("fcntl({fd}, F_SETFL, O_NONBLOCK)")));
+    }
+    Ok(())
+}
+
+/// Writes `content` to a file that already exists (an id map, `setgroups`).
+pub fn write_file(path: &str, content: &str) -> Result<()> {
+    std::fs::write(path, content).map_err(|e| Error::Sys {
+        call: format!("write({path:?}, {:?})", content.trim_end()),
+        errno: Errno(e.raw_os_error().unwrap_or(libc::EIO)),
+    })
+}
+
+/// `chdir(path)`.
+pub fn chdir(path: &str) -> Result<()> {
+    let c = cstring(path.as_bytes())?;
+    // SAFETY: valid C string.
+    if unsafe { libc::chdir(c.as_ptr()) } != 0 {
+        return Err(fail(format!("chdir({path:?})")));
+    }
+    Ok(())
+}
+
+/// `pivot_root(new_root, put_old)`.
+pub fn pivot_root(new_root: &str, put_old: &str) -> Result<()> {
+    let (n, o) = (cstring(new_root.as_bytes())?, cstring(put_old.as_bytes())?);
+    // SAFETY: valid C strings.
+    if unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) } != 0 {
+        return Err(fail(format!("pivot_root({new_root:?}, {put_old:?})")));
+    }
+    Ok(())
+}
+
+/// `umount2(target, flags)`.
+pub fn umount2(target: &str, flags: libc::c_int) -> Result<()> {
+    let c = cstring(target.as_bytes())?;
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
+        return Err(fail(format!("umount2({target:?}, {flags:#x})")));
+    }
+    Ok(())
+}
+
+/// `_exit(code)`: ends the process without running destructors or atexit handlers.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call.
+    unsafe { libc::_exit(code) }
+}
+
+/// `getuid()` and `getgid()`.
+pub fn ids() -> (u32, u32) {
+    // SAFETY: getuid/getgid cannot fail.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// `prctl(PR_SET_PDEATHSIG, sig)` for the calling thread's children.
+pub fn set_pdeathsig(sig: libc::c_int) -> Result<()> {
+    // SAFETY: plain prctl.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) } != 0 {
+        return Err(fail("prctl(PR_SET_PDEATHSIG)"));
+    }
+    Ok(())
+}
+
+/// The async-signal-safe system calls the cloned child makes before it execs. None of these
+/// allocate; all pointers come from values prepared before the clone. Each returns the errno.
+pub mod raw {
+    use super::*;
+
+    type R = std::result::Result<(), i32>;
+
+    fn check(r: libc::c_long) -> R {
+        if r < 0 {
+            Err(super::errno())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn opt(p: Option<&CStr>) -> *const libc::c_char {
+        p.map_or(std::ptr::null(), CStr::as_ptr)
+    }
+
+    /// `prctl(PR_SET_PDEATHSIG, sig)`.
+    pub fn set_pdeathsig(sig: libc::c_int) -> R {
+        // SAFETY: plain prctl.
+        check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) } as _)
+    }
+
+    /// `mount(source, target, fstype, flags, data)`.
+    pub fn mount(
+        source: Option<&CStr>,
+        target: &CStr,
+        fstype: Option<&CStr>,
+        flags: libc::c_ulong,
+        data: Option<&CStr>,
+    ) -> R {
+        // SAFETY: all pointers are NUL-terminated strings or null.
+        check(unsafe {
+            libc::mount(
+                opt(source),
+                target.as_ptr(),
+                opt(fstype),
+                flags,
+                opt(data).cast(),
+            )
+        } as _)
+    }
+
+    /// The attributes argument of `mount_setattr(2)`.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+
+    /// `MOUNT_ATTR_RDONLY`.
+    pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    /// `MOUNT_ATTR_NOSUID`.
+    pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    /// `MOUNT_ATTR_NODEV`.
+    pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+    /// `MOUNT_ATTR_NOEXEC`.
+    pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+    /// `mount_setattr(AT_FDCWD, path, AT_RECURSIVE?, {attr_set})`: sets only the given flags,
+    /// keeping every other (and any locked) flag as it is.
+    pub fn mount_setattr(path: &CStr, recursive: bool, attr_set: u64) -> R {
+        let attr = MountAttr {
+            attr_set,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+        // SAFETY: valid path and attr struct of the size passed.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                flags,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        })
+    }
+
+    /// `mkdir(path, mode)`; an existing directory is not an error.
+    pub fn mkdir(path: &CStr, mode: libc::mode_t) -> R {
+        // SAFETY: valid C string.
+        if unsafe { libc::mkdir(path.as_ptr(), mode) } == 0 {
+            return Ok(());
+        }
+        let e = super::errno();
+        if e == libc::EEXIST {
+            let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+            // SAFETY: valid path and out-pointer.
+            if unsafe { libc::lstat(path.as_ptr(), st.as_mut_ptr()) } == 0 {
+                // SAFETY: lstat succeeded, so st is initialised.
+                let st = unsafe { st.assume_init() };
+                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    return Ok(());
+                }
+                return Err(libc::ENOTDIR);
+            }
+        }
+        Err(e)
+    }
+
+    /// `open(path, O_PATH | O_CLOEXEC)`, moved onto fd number `fd`.
+    pub fn open_as(path: &CStr, fd: RawFd) -> R {
+        // SAFETY: valid C string.
+        let new = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        if new < 0 {
+            return Err(super::errno());
+        }
+        // SAFETY: both fds belong to this process; dup3 replaces the reserved one.
+        let r = unsafe { libc::dup3(new, fd, libc::O_CLOEXEC) };
+        let e = super::errno();
+        // SAFETY: new was opened above.
+        unsafe { libc::close(new) };
+        if r < 0 {
+            Err(e)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Creates an empty regular file (a bind-mount target); an existing one is kept.
+    pub fn touch(path: &CStr, mode: libc::mode_t) -> R {
+        // SAFETY: valid C string; O_NOFOLLOW keeps a planted symlink from being followed.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                mode as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(super::errno());
+        }
+        // SAFETY: fd was just opened.
+        unsafe { libc::close(fd) };
+        Ok(())
+    }
+
+    /// `symlink(target, link)`; an existing link is replaced.
+    pub fn symlink(target: &CStr, link: &CStr) -> R {
+        // SAFETY: valid C strings.
+        if unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) } == 0 {
+            return Ok(());
+        }
+        let e = super::errno();
+        if e != libc::EEXIST {
+            return Err(e);
+        }
+        // SAFETY: valid C strings.
+        unsafe { libc::unlink(link.as_ptr()) };
+        // SAFETY: valid C strings.
+        check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) } as _)
+    }
+
+    /// `sethostname(name)`.
+    pub fn sethostname(name: &CStr) -> R {
+        let bytes = name.to_bytes();
+        // SAFETY: pointer and length describe the name.
+        check(unsafe { libc::sethostname(bytes.as_ptr().cast(), bytes.len()) } as _)
+    }
+
+    /// Brings the loopback interface up: `ioctl(SIOCGIFFLAGS)` then `ioctl(SIOCSIFFLAGS, IFF_UP)`.
+    pub fn loopback_up() -> R {
+        // SAFETY: plain socket call.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(super::errno());
+        }
+        // SAFETY: a zeroed ifreq is valid; the name fits in IFNAMSIZ.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: valid socket and ifreq.
+        let mut r = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) };
+        if r == 0 {
+            // SAFETY: SIOCGIFFLAGS filled in the flags member of the union.
+            unsafe {
+                req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            }
+            // SAFETY: valid socket and ifreq.
+            r = unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) };
+        }
+        let e = super::errno();
+        // SAFETY: fd was opened above.
+        unsafe { libc::close(fd) };
+        if r != 0 {
+            Err(e)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `chdir(path)`.
+    pub fn chdir(path: &CStr) -> R {
+        // SAFETY: valid C string.
+        check(unsafe { libc::chdir(path.as_ptr()) } as _)
+    }
+
+    /// `pivot_root(new_root, put_old)`.
+    pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> R {
+        // SAFETY: valid C strings.
+        check(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) })
+    }
+
+    /// `umount2(target, flags)`.
+    pub fn umount2(target: &CStr, flags: libc::c_int) -> R {
+        // SAFETY: valid C string.
+        check(unsafe { libc::umount2(target.as_ptr(), flags) } as _)
+    }
+
+    /// `read(fd, buf)`, retried on EINTR.
+    pub fn read(fd: RawFd, buf: &mut [u8]) -> std::result::Result<usize, i32> {
+        super::read(fd, buf)
+    }
+
+    /// `write(fd, buf)` of the whole buffer.
+    pub fn write_all(fd: RawFd, buf: &[u8]) -> R {
+        super::write_all(fd, buf)
+    }
+
+    /// `close(fd)`.
+    pub fn close(fd: RawFd) {
+        // SAFETY: closing an fd this process owns; errors are irrelevant here.
+        unsafe { libc::close(fd) };
+    }
+
+    /// `dup2(from, to)`, clearing close-on-exec on `to`.
+    pub fn dup2(from: RawFd, to: RawFd) -> R {
+        if from == to {
+            // SAFETY: plain fcntl.
+            return check(unsafe { libc::fcntl(to, libc::F_SETFD, 0) } as _);
+        }
+        // SAFETY: plain dup2.
+        check(unsafe { libc::dup2(from, to) } as _)
+    }
+
+    /// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`: every fd from `first` up closes on exec.
+    pub fn cloexec_from(first: RawFd) -> R {
+        // SAFETY: plain syscall.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        })
+    }
+
+    /// `fcntl(fd, F_SETFD, 0)`: keeps `fd` open across exec.
+    pub fn keep_on_exec(fd: RawFd) -> R {
+        // SAFETY: plain fcntl.
+        check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } as _)
+    }
+
+    /// `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`; returns only on failure.
+    pub fn execveat(fd: RawFd, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> i32 {
+        // SAFETY: argv and envp are NULL-terminated arrays of valid C strings.
+        unsafe {
+            libc::syscall(
+                libc::SYS_execveat,
+                fd,
+                c"".as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        super::errno()
+    }
+
+    /// `execve(path, argv, envp)`; returns only on failure.
+    pub fn execve(
+        path: &CStr,
+        argv: &[*const libc::c_char],
+        envp: &[*const libc::c_char],
+    ) -> i32 {
+        // SAFETY: argv and envp are NULL-terminated arrays of valid C strings.
+        unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        super::errno()
+    }
+
+    /// Restores default signal dispositions and an empty signal mask: Rust ignores SIGPIPE,
+    /// and exec keeps ignored signals ignored.
+    pub fn reset_signals() {
+        // SAFETY: sigemptyset, sigprocmask and signal are async-signal-safe; SIG_DFL is valid.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+
+    /// `getppid()`.
+    pub fn getppid() -> libc::pid_t {
+        // SAFETY: cannot fail.
+        unsafe { libc::getppid() }
+    }
+
+    /// `setsid()`.
+    pub fn setsid() {
+        // SAFETY: plain syscall; failure (already a leader) is harmless.
+        unsafe { libc::setsid() };
+    }
+
+    /// `_exit(code)`.
+    pub fn exit(code: i32) -> ! {
+        super::exit_now(code)
+    }
+}
+
+/// `fcntl(fd, F_SETFD, FD_CLOEXEC)`.
+pub fn set_cloexec(fd: RawFd) -> Result<()> {
+    // SAFETY: plain fcntl.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(fail(format!("fcntl({fd}, F_SETFD, FD_CLOEXEC)")));
+    }
+    Ok(())
+}
+
+/// Takes ownership of an fd this process inherited for a known purpose.
+pub fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass an fd inherited across exec for exactly this use, owned by nothing
+    // else in this process.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}

@@ -1,0 +1,172 @@
+//! The two halves of an `#[isolated]` test: the supervisor on the test thread, and the
+//! sandboxed test in the re-executed binary.
+
+use std::io::Write;
+use std::os::fd::{OwnedFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Mutex;
+
+use crate::__private::{Meta, Outcome};
+use crate::config::{self, Config};
+use crate::error::{Error, Result};
+use crate::sandbox::msg;
+use crate::spawn::{self, Report, Stdio};
+use crate::{rootfs, sys, validate};
+
+/// Builds the sandbox's configuration from the attribute's arguments.
+pub(crate) fn config_from_meta(meta: &Meta) -> Result<Config> {
+    let mut c = Config::new();
+    c.hostname = match meta.hostname {
+        Some(h) => h.to_string(),
+        None => validate::hostname_from_fn(meta.name),
+    };
+    c.rootfs = meta.rootfs.map(str::to_string);
+    c.timeout = match meta.timeout_ms {
+        Some(ms) => std::time::Duration::from_millis(ms),
+        None => config::env_timeout()?.unwrap_or(config::DEFAULT_TIMEOUT),
+    };
+    c.privileged = meta.privileged;
+    c.validate()?;
+    Ok(c)
+}
+
+/// The name libtest knows this test by: the thread's name (right under rstest's generated
+/// modules and nextest too), else derived from the module path.
+fn test_name(meta: &Meta) -> String {
+    match std::thread::current().name() {
+        Some(name) if name != "main" => name.to_string(),
+        _ => {
+            let path = meta.module_path.split_once("::").map_or("", |(_, rest)| rest);
+            if path.is_empty() {
+                meta.name.to_string()
+            } else {
+                format!("{path}::{}", meta.name)
+            }
+        }
+    }
+}
+
+/// The supervisor: runs the test again in a fresh sandbox and turns its report into this
+/// test's result.
+pub(crate) fn supervise<T: Outcome>(meta: &Meta) -> T {
+    let name = test_name(meta);
+    match run_sandboxed(meta, &name) {
+        Ok(Report::Pass) => T::passed(),
+        // Re-raise the child's own message, so #[should_panic(expected)] matches it; the
+        // child's panic hook already printed it with its location.
+        Ok(Report::Fail(message)) => panic::resume_unwind(Box::new(message)),
+        Err(e) => panic!("isotest: test `{name}`: {e}"),
+    }
+}
+
+fn run_sandboxed(meta: &Meta, name: &str) -> Result<Report> {
+    let config = config_from_meta(meta)?;
+    let spec = config.rootfs_spec().ok_or_else(|| Error::NoRootfs {
+        test: name.to_string(),
+    })?;
+    let lower = rootfs::resolve(&spec)?;
+    let (out_r, out_w) = sys::pipe()?;
+    let (err_r, err_w) = sys::pipe()?;
+    let stdin = sys::open(std::path::Path::new("/dev/null"), libc::O_RDONLY)?;
+    let stdio = Stdio {
+        stdin,
+        stdout: out_w,
+        stderr: err_w,
+    };
+    let spawned = spawn::spawn(
+        &config,
+        &lower,
+        stdio,
+        |channel| spawn::test_exec(name, channel),
+        true,
+        Vec::new(),
+    )?;
+    let ended = spawn::supervise(spawned, out_r, err_r, config.timeout)?;
+    if ended.timed_out {
+        return Err(Error::Timeout(config.timeout));
+    }
+    if let Some(e) = ended.error {
+        return Err(Error::Setup(e.to_string()));
+    }
+    ended.report.ok_or_else(|| {
+        Error::Child(format!(
+            "the sandboxed test ended with {} before reporting a result",
+            ended.exit
+        ))
+    })
+}
+
+/// The panic the body raised, as the hook saw it.
+static PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+/// Inside the sandbox: finish the pivot, run the body, report, and exit. The verdict never
+/// goes back to libtest in this process: under `#[should_panic]` it would count a panic as a
+/// pass. The supervisor decides.
+pub(crate) fn in_sandbox<T: Outcome>(_meta: &Meta, channel: &str, body: impl FnOnce() -> T) -> T {
+    let fd: RawFd = match channel.parse() {
+        Ok(fd) => fd,
+        Err(_) => {
+            eprintln!("isotest: {} is not a channel fd: {channel:?}", spawn::ENV_SANDBOX);
+            sys::exit_now(101);
+        }
+    };
+    // SAFETY-free: the fd was inherited for exactly this use.
+    let channel = owned(fd);
+    // Processes the body starts must not inherit the channel.
+    let report = |tag: u8, text: &str| {
+        let mut m = Vec::with_capacity(1 + text.len());
+        m.push(tag);
+        m.extend_from_slice(text.as_bytes());
+        let _ = sys::write_all(fd, &m);
+    };
+    if let Err(e) = sys::set_cloexec(fd).and_then(|()| crate::sandbox::finish_pivot()) {
+        report(msg::FAIL, &format!("isotest: sandbox setup failed: {e}"));
+        sys::exit_now(101);
+    }
+    let previous = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        let text = payload_text(info.payload());
+        *PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+        previous(info);
+    }));
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    report(msg::START, "");
+    let mut ack = [0u8; 1];
+    if sys::read(fd, &mut ack) != Ok(1) {
+        sys::exit_now(101);
+    }
+    let result = panic::catch_unwind(AssertUnwindSafe(body));
+    let failure = match result {
+        Ok(outcome) => outcome.failure(),
+        Err(payload) => Some(
+            PANIC
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_else(|| payload_text(&*payload)),
+        ),
+    };
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    match failure {
+        None => report(msg::PASS, ""),
+        Some(text) => report(msg::FAIL, &text),
+    }
+    drop(channel);
+    sys::exit_now(0)
+}
+
+fn owned(fd: RawFd) -> OwnedFd {
+    sys::own_fd(fd)
+}
+
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_string()
+    }
+}

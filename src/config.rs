@@ -1,6 +1,5 @@
 //! [`Config`]: everything one sandbox needs, validated before any fork.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -75,13 +74,15 @@ impl Default for Config {
 /// The timeout from `ISOTEST_TIMEOUT`, if set.
 pub(crate) fn env_timeout() -> Result<Option<Duration>> {
     match std::env::var(ENV_TIMEOUT) {
-        Ok(v) if !v.is_empty() => validate::duration(&v)
-            .map(Some)
-            .map_err(|problem| Error::InvalidOption {
-                option: "ISOTEST_TIMEOUT",
-                value: v,
-                problem,
-            }),
+        Ok(v) if !v.is_empty() => {
+            validate::duration(&v)
+                .map(Some)
+                .map_err(|problem| Error::InvalidOption {
+                    option: "ISOTEST_TIMEOUT",
+                    value: v,
+                    problem,
+                })
+        }
         _ => Ok(None),
     }
 }
@@ -95,16 +96,6 @@ pub fn format_duration(d: Duration) -> String {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
-    }
-}
-
-/// Resolves a relative path against the crate that declared the test.
-pub(crate) fn relative_to(base: &str, path: &str) -> PathBuf {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        Path::new(base).join(p)
     }
 }
 

@@ -19,8 +19,8 @@ pub mod plan;
 pub mod rootfs;
 pub mod sandbox;
 pub mod spawn;
-mod test;
 mod sys;
+mod test;
 mod validate;
 
 pub use config::Config;

@@ -167,15 +167,14 @@ pub const PROC_READONLY: [&str; 2] = ["sys", "sysrq-trigger"];
 pub fn plan(input: &Input) -> Vec<Step> {
     let mut steps = Vec::with_capacity(48);
     let root = |p: &str| format!("{NEW_ROOT}{p}");
-    let mount = |source: &str, target: String, fstype: &str, flags: u64, data: Option<&str>| {
-        Step::Mount {
+    let mount =
+        |source: &str, target: String, fstype: &str, flags: u64, data: Option<&str>| Step::Mount {
             source: source.into(),
             target,
             fstype: Some(fstype.into()),
             flags,
             data: data.map(Into::into),
-        }
-    };
+        };
     use flags::*;
 
     // Nothing mounted from here on propagates back to the host.
@@ -192,7 +191,13 @@ pub fn plan(input: &Input) -> Vec<Step> {
         fd: input.lower_fd,
     });
     // The scratch tmpfs: upper and work dirs of the overlay, and the new root's mount point.
-    steps.push(mount("isotest", SCRATCH.into(), "tmpfs", NOSUID | NODEV, Some("mode=0755")));
+    steps.push(mount(
+        "isotest",
+        SCRATCH.into(),
+        "tmpfs",
+        NOSUID | NODEV,
+        Some("mode=0755"),
+    ));
     for dir in [UPPER, WORK, NEW_ROOT] {
         steps.push(Step::Mkdir {
             path: dir.into(),
@@ -206,14 +211,26 @@ pub fn plan(input: &Input) -> Vec<Step> {
     if input.userns {
         overlay.push_str(",userxattr");
     }
-    steps.push(mount("overlay", NEW_ROOT.into(), "overlay", 0, Some(&overlay)));
+    steps.push(mount(
+        "overlay",
+        NEW_ROOT.into(),
+        "overlay",
+        0,
+        Some(&overlay),
+    ));
 
     // /proc: the sandbox's own processes; kernel knobs read-only.
     steps.push(Step::Mkdir {
         path: root("/proc"),
         mode: 0o555,
     });
-    steps.push(mount("proc", root("/proc"), "proc", NOSUID | NODEV | NOEXEC, None));
+    steps.push(mount(
+        "proc",
+        root("/proc"),
+        "proc",
+        NOSUID | NODEV | NOEXEC,
+        None,
+    ));
     for p in PROC_READONLY {
         let target = root(&format!("/proc/{p}"));
         steps.push(Step::Bind {
@@ -244,7 +261,13 @@ pub fn plan(input: &Input) -> Vec<Step> {
         path: root("/dev"),
         mode: 0o755,
     });
-    steps.push(mount("tmpfs", root("/dev"), "tmpfs", NOSUID | NOEXEC, Some("mode=0755")));
+    steps.push(mount(
+        "tmpfs",
+        root("/dev"),
+        "tmpfs",
+        NOSUID | NOEXEC,
+        Some("mode=0755"),
+    ));
     for dev in DEVICES {
         let target = root(&format!("/dev/{dev}"));
         steps.push(Step::Touch {
@@ -267,7 +290,13 @@ pub fn plan(input: &Input) -> Vec<Step> {
     } else {
         "newinstance,ptmxmode=0666,mode=0620"
     };
-    steps.push(mount("devpts", root("/dev/pts"), "devpts", NOSUID | NOEXEC, Some(pts)));
+    steps.push(mount(
+        "devpts",
+        root("/dev/pts"),
+        "devpts",
+        NOSUID | NOEXEC,
+        Some(pts),
+    ));
     steps.push(Step::Symlink {
         target: "pts/ptmx".into(),
         link: root("/dev/ptmx"),
@@ -300,7 +329,13 @@ pub fn plan(input: &Input) -> Vec<Step> {
         path: root("/tmp"),
         mode: 0o1777,
     });
-    steps.push(mount("tmpfs", root("/tmp"), "tmpfs", NOSUID | NODEV, Some("mode=1777")));
+    steps.push(mount(
+        "tmpfs",
+        root("/tmp"),
+        "tmpfs",
+        NOSUID | NODEV,
+        Some("mode=1777"),
+    ));
 
     steps.push(Step::Hostname(input.hostname.clone()));
     steps.push(Step::LoopbackUp);
@@ -334,8 +369,10 @@ mod tests {
     #[test]
     fn starts_private_then_scratch_then_overlay() {
         let steps = plan(&input(true));
-        assert!(matches!(&steps[0], Step::Mount { target, flags, fstype: None, .. }
-            if target == "/" && *flags == flags::REC_PRIVATE));
+        assert!(
+            matches!(&steps[0], Step::Mount { target, flags, fstype: None, .. }
+            if target == "/" && *flags == flags::REC_PRIVATE)
+        );
         assert_eq!(
             steps[1],
             Step::Open {
@@ -343,12 +380,18 @@ mod tests {
                 fd: 7
             }
         );
-        assert!(matches!(&steps[2], Step::Mount { target, fstype: Some(t), .. }
-            if target == SCRATCH && t == "tmpfs"));
+        assert!(
+            matches!(&steps[2], Step::Mount { target, fstype: Some(t), .. }
+            if target == SCRATCH && t == "tmpfs")
+        );
         let overlay = steps
             .iter()
             .find_map(|s| match s {
-                Step::Mount { fstype: Some(t), data, .. } if t == "overlay" => data.clone(),
+                Step::Mount {
+                    fstype: Some(t),
+                    data,
+                    ..
+                } if t == "overlay" => data.clone(),
                 _ => None,
             })
             .unwrap();
@@ -371,10 +414,24 @@ mod tests {
         assert_eq!(t[0], "/");
         assert_eq!(t[1], SCRATCH);
         for target in &t[2..] {
-            assert!(target.starts_with(NEW_ROOT), "{target} outside the new root");
+            assert!(
+                target.starts_with(NEW_ROOT),
+                "{target} outside the new root"
+            );
         }
-        for want in ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/tmp", "/dev/null"] {
-            assert!(t.contains(&format!("{NEW_ROOT}{want}")), "{want} not mounted");
+        for want in [
+            "/proc",
+            "/sys",
+            "/dev",
+            "/dev/pts",
+            "/dev/shm",
+            "/tmp",
+            "/dev/null",
+        ] {
+            assert!(
+                t.contains(&format!("{NEW_ROOT}{want}")),
+                "{want} not mounted"
+            );
         }
     }
 
@@ -383,9 +440,13 @@ mod tests {
         let steps = plan(&input(true));
         for p in ["/proc/sys", "/proc/sysrq-trigger"] {
             let target = format!("{NEW_ROOT}{p}");
-            assert!(steps.iter().any(|s| matches!(s, Step::Bind { target: t, readonly: true, .. } if *t == target)));
+            assert!(steps.iter().any(
+                |s| matches!(s, Step::Bind { target: t, readonly: true, .. } if *t == target)
+            ));
         }
-        assert!(steps.iter().any(|s| matches!(s, Step::Mount { fstype: Some(t), flags, .. }
+        assert!(steps
+            .iter()
+            .any(|s| matches!(s, Step::Mount { fstype: Some(t), flags, .. }
             if t == "sysfs" && flags & flags::RDONLY != 0)));
     }
 
@@ -394,7 +455,9 @@ mod tests {
         let mut i = input(true);
         i.tty_gid_mapped = false;
         assert!(!plan(&i).iter().any(|s| s.to_string().contains("gid=5")));
-        assert!(plan(&input(true)).iter().any(|s| s.to_string().contains("gid=5")));
+        assert!(plan(&input(true))
+            .iter()
+            .any(|s| s.to_string().contains("gid=5")));
     }
 
     #[test]
@@ -414,6 +477,9 @@ mod tests {
             readonly: false,
             optional: false,
         };
-        assert_eq!(s.to_string(), "mount(\"/dev/null\", \"/tmp/root/dev/null\", MS_BIND)");
+        assert_eq!(
+            s.to_string(),
+            "mount(\"/dev/null\", \"/tmp/root/dev/null\", MS_BIND)"
+        );
     }
 }

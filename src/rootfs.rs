@@ -71,14 +71,23 @@ mod tests {
     #[test]
     fn parses_dir_specs() {
         assert_eq!(Spec::parse("/srv/r").unwrap(), Spec::Dir("/srv/r".into()));
-        assert_eq!(Spec::parse("dir:/srv/r").unwrap(), Spec::Dir("/srv/r".into()));
+        assert_eq!(
+            Spec::parse("dir:/srv/r").unwrap(),
+            Spec::Dir("/srv/r".into())
+        );
         assert!(Spec::parse("dir:rel").is_err());
-        assert!(Spec::parse("nonsense").unwrap_err().to_string().contains("nonsense"));
+        assert!(Spec::parse("nonsense")
+            .unwrap_err()
+            .to_string()
+            .contains("nonsense"));
     }
 
     #[test]
     fn resolve_names_missing_paths() {
         let e = resolve("/does/not/exist").unwrap_err().to_string();
-        assert!(e.contains("/does/not/exist") && e.contains("ISOTEST_ROOTFS"), "{e}");
+        assert!(
+            e.contains("/does/not/exist") && e.contains("ISOTEST_ROOTFS"),
+            "{e}"
+        );
     }
 }

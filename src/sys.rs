@@ -16,7 +16,9 @@ use std::path::Path;
 use crate::error::{Errno, Error, Result};
 
 fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Builds the error for a failed call from the current errno.
@@ -292,36 +294,6 @@ pub fn write_file(path: &str, content: &str) -> Result<()> {
     })
 }
 
-/// `chdir(path)`.
-pub fn chdir(path: &str) -> Result<()> {
-    let c = cstring(path.as_bytes())?;
-    // SAFETY: valid C string.
-    if unsafe { libc::chdir(c.as_ptr()) } != 0 {
-        return Err(fail(format!("chdir({path:?})")));
-    }
-    Ok(())
-}
-
-/// `pivot_root(new_root, put_old)`.
-pub fn pivot_root(new_root: &str, put_old: &str) -> Result<()> {
-    let (n, o) = (cstring(new_root.as_bytes())?, cstring(put_old.as_bytes())?);
-    // SAFETY: valid C strings.
-    if unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) } != 0 {
-        return Err(fail(format!("pivot_root({new_root:?}, {put_old:?})")));
-    }
-    Ok(())
-}
-
-/// `umount2(target, flags)`.
-pub fn umount2(target: &str, flags: libc::c_int) -> Result<()> {
-    let c = cstring(target.as_bytes())?;
-    // SAFETY: valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
-        return Err(fail(format!("umount2({target:?}, {flags:#x})")));
-    }
-    Ok(())
-}
-
 /// `_exit(code)`: ends the process without running destructors or atexit handlers.
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit is always safe to call.
@@ -332,15 +304,6 @@ pub fn exit_now(code: i32) -> ! {
 pub fn ids() -> (u32, u32) {
     // SAFETY: getuid/getgid cannot fail.
     unsafe { (libc::getuid(), libc::getgid()) }
-}
-
-/// `prctl(PR_SET_PDEATHSIG, sig)` for the calling thread's children.
-pub fn set_pdeathsig(sig: libc::c_int) -> Result<()> {
-    // SAFETY: plain prctl.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) } != 0 {
-        return Err(fail("prctl(PR_SET_PDEATHSIG)"));
-    }
-    Ok(())
 }
 
 /// The async-signal-safe system calls the cloned child makes before it execs. None of these
@@ -399,12 +362,6 @@ pub mod raw {
 
     /// `MOUNT_ATTR_RDONLY`.
     pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
-    /// `MOUNT_ATTR_NOSUID`.
-    pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
-    /// `MOUNT_ATTR_NODEV`.
-    pub const MOUNT_ATTR_NODEV: u64 = 0x4;
-    /// `MOUNT_ATTR_NOEXEC`.
-    pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 
     /// `mount_setattr(AT_FDCWD, path, AT_RECURSIVE?, {attr_set})`: sets only the given flags,
     /// keeping every other (and any locked) flag as it is.
@@ -623,11 +580,7 @@ pub mod raw {
     }
 
     /// `execve(path, argv, envp)`; returns only on failure.
-    pub fn execve(
-        path: &CStr,
-        argv: &[*const libc::c_char],
-        envp: &[*const libc::c_char],
-    ) -> i32 {
+    pub fn execve(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> i32 {
         // SAFETY: argv and envp are NULL-terminated arrays of valid C strings.
         unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
         super::errno()
@@ -643,12 +596,6 @@ pub mod raw {
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
-    }
-
-    /// `getppid()`.
-    pub fn getppid() -> libc::pid_t {
-        // SAFETY: cannot fail.
-        unsafe { libc::getppid() }
     }
 
     /// `setsid()`.

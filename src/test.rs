@@ -36,7 +36,10 @@ fn test_name(meta: &Meta) -> String {
     match std::thread::current().name() {
         Some(name) if name != "main" => name.to_string(),
         _ => {
-            let path = meta.module_path.split_once("::").map_or("", |(_, rest)| rest);
+            let path = meta
+                .module_path
+                .split_once("::")
+                .map_or("", |(_, rest)| rest);
             if path.is_empty() {
                 meta.name.to_string()
             } else {
@@ -106,7 +109,10 @@ pub(crate) fn in_sandbox<T: Outcome>(_meta: &Meta, channel: &str, body: impl FnO
     let fd: RawFd = match channel.parse() {
         Ok(fd) => fd,
         Err(_) => {
-            eprintln!("isotest: {} is not a channel fd: {channel:?}", spawn::ENV_SANDBOX);
+            eprintln!(
+                "isotest: {} is not a channel fd: {channel:?}",
+                spawn::ENV_SANDBOX
+            );
             sys::exit_now(101);
         }
     };
@@ -138,7 +144,8 @@ pub(crate) fn in_sandbox<T: Outcome>(_meta: &Meta, channel: &str, body: impl FnO
     }
     let result = panic::catch_unwind(AssertUnwindSafe(body));
     let failure = match result {
-        Ok(outcome) => outcome.failure(),
+        // Printed as libtest prints a test's `Err`.
+        Ok(outcome) => outcome.failure().inspect(|text| eprintln!("{text}")),
         Err(payload) => Some(
             PANIC
                 .lock()

@@ -1,19 +1,40 @@
-//! Integration tests: one binary, one module per area.
+//! Integration tests: one binary, one module per area. Every test here runs in real
+//! namespaces; set `ISOTEST_ROOTFS` to a root filesystem (the README says how).
 
-#[test]
-fn smoke() {
-    isotest::__private::run(
-        &isotest::__private::Meta {
-            name: "smoke",
-            module_path: module_path!(),
-            manifest_dir: env!("CARGO_MANIFEST_DIR"),
-            ..isotest::__private::Meta::DEFAULT
-        },
-        || {
-            println!("hello from inside pid={}", std::process::id());
-            println!("{}", std::fs::read_to_string("/proc/self/mountinfo").unwrap());
-            println!("{}", std::fs::read_to_string("/etc/os-release").unwrap());
-            assert_eq!(std::process::id(), 1);
-        },
+mod core;
+
+use std::process::{Command, Output};
+
+/// Runs one test of this binary in a child process, as libtest would run it alone, and returns
+/// what it printed. Used to observe a sandboxed test from the host: its exit status, its output,
+/// and what it left behind.
+pub fn run_test(name: &str, extra_env: &[(&str, &str)]) -> Output {
+    test_command(name, extra_env)
+        .output()
+        .expect("run the test binary")
+}
+
+/// The command [`run_test`] runs.
+pub fn test_command(name: &str, extra_env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    cmd.args([
+        name,
+        "--exact",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// stdout and stderr of a run, as text.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     )
 }

@@ -14,7 +14,7 @@ pub const ENV_ROOTFS: &str = "ISOTEST_ROOTFS";
 pub const ENV_TIMEOUT: &str = "ISOTEST_TIMEOUT";
 
 /// Everything one sandbox needs. Built from `#[isolated(...)]` arguments or by
-/// [`Sandbox`](crate::Sandbox)'s builder, and checked by [`Config::validate`] before any fork.
+/// the `Sandbox` builder, and checked by [`Config::validate`] before any fork.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The root filesystem spec (`/abs/path`, `dir:PATH`, ...); `None` means

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod error;
 pub mod plan;
+pub mod preflight;
 pub mod rootfs;
 pub mod sandbox;
 pub mod spawn;

@@ -53,6 +53,18 @@ fn test_name(meta: &Meta) -> String {
 /// test's result.
 pub(crate) fn supervise<T: Outcome>(meta: &Meta) -> T {
     let name = test_name(meta);
+    if let Err(problem) = crate::preflight::check(meta.privileged) {
+        if crate::preflight::skip_unsupported() {
+            eprintln!(
+                "isotest: skipped `{name}`: {}; {} ({} is set)",
+                problem.what,
+                problem.fix,
+                crate::preflight::ENV_SKIP_UNSUPPORTED
+            );
+            return T::passed();
+        }
+        panic!("isotest: test `{name}`: {}", Error::from(problem));
+    }
     match run_sandboxed(meta, &name) {
         Ok(Report::Pass) => T::passed(),
         // Re-raise the child's own message, so #[should_panic(expected)] matches it; the

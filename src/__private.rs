@@ -69,8 +69,9 @@ impl<E: std::fmt::Debug> Outcome for Result<(), E> {
 /// Runs `body` in a fresh sandbox: called by the test thread (the supervisor) and again,
 /// after the re-exec, inside the sandbox.
 pub fn run<T: Outcome>(meta: &Meta, body: impl FnOnce() -> T) -> T {
-    match std::env::var(crate::spawn::ENV_SANDBOX) {
-        Ok(channel) => crate::test::in_sandbox(meta, &channel, body),
-        Err(_) => crate::test::supervise(meta),
+    crate::sys::keep_pre_main();
+    match crate::test::sandboxed() {
+        Some(early) => crate::test::in_sandbox(meta, early, body),
+        None => crate::test::supervise(meta),
     }
 }

@@ -93,6 +93,13 @@ pub enum Step {
         /// The link.
         link: String,
     },
+    /// Writes `value` to the sysctl file `path`.
+    Sysctl {
+        /// The file under `/proc/sys`.
+        path: String,
+        /// What to write.
+        value: String,
+    },
     /// `sethostname(name)`.
     Hostname(String),
     /// Brings `lo` up.
@@ -135,6 +142,7 @@ impl fmt::Display for Step {
             Step::Open { path, fd } => write!(f, "open({path:?}, O_PATH) as fd {fd}"),
             Step::Touch { path } => write!(f, "open({path:?}, O_CREAT)"),
             Step::Symlink { target, link } => write!(f, "symlink({target:?}, {link:?})"),
+            Step::Sysctl { path, value } => write!(f, "write({path:?}, {value:?})"),
             Step::Hostname(name) => write!(f, "sethostname({name:?})"),
             Step::LoopbackUp => write!(f, "ioctl(\"lo\", SIOCSIFFLAGS, IFF_UP)"),
             Step::Pivot(root) => write!(f, "pivot_root({root:?}, {root:?})"),
@@ -159,6 +167,12 @@ pub struct Input {
 
 /// The device nodes bound from the host into the sandbox's `/dev`.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Settings of the sandbox's network namespace.
+pub const NET_SYSCTLS: [(&str, &str); 2] = [
+    ("net/ipv4/ip_unprivileged_port_start", "0"),
+    ("net/ipv4/ping_group_range", "0 2147483647"),
+];
 
 /// Paths under `/proc` made read-only: kernel knobs a test must not reach.
 pub const PROC_READONLY: [&str; 2] = ["sys", "sysrq-trigger"];
@@ -231,6 +245,14 @@ pub fn plan(input: &Input) -> Vec<Step> {
         NOSUID | NODEV | NOEXEC,
         None,
     ));
+    // The sandbox's own network namespace: its root may bind any port and ping, even once the
+    // locked nested user namespace no longer owns the network namespace.
+    for (knob, value) in NET_SYSCTLS {
+        steps.push(Step::Sysctl {
+            path: root(&format!("/proc/sys/{knob}")),
+            value: value.into(),
+        });
+    }
     for p in PROC_READONLY {
         let target = root(&format!("/proc/{p}"));
         steps.push(Step::Bind {

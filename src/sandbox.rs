@@ -71,6 +71,8 @@ pub enum CStep {
     Touch(CString),
     /// See [`Step::Symlink`].
     Symlink(CString, CString),
+    /// See [`Step::Sysctl`].
+    Sysctl(CString, CString),
     /// See [`Step::Hostname`].
     Hostname(CString),
     /// See [`Step::LoopbackUp`].
@@ -120,6 +122,7 @@ pub fn compile(steps: &[Step]) -> Result<Vec<CStep>> {
                 Step::Open { path, fd } => CStep::Open(c(path)?, *fd),
                 Step::Touch { path } => CStep::Touch(c(path)?),
                 Step::Symlink { target, link } => CStep::Symlink(c(target)?, c(link)?),
+                Step::Sysctl { path, value } => CStep::Sysctl(c(path)?, c(value)?),
                 Step::Hostname(name) => CStep::Hostname(c(name)?),
                 Step::LoopbackUp => CStep::LoopbackUp,
                 Step::Pivot(root) => CStep::Pivot(c(root)?),
@@ -166,6 +169,7 @@ fn apply(step: &CStep) -> std::result::Result<(), i32> {
         CStep::Open(path, fd) => raw::open_as(path, *fd),
         CStep::Touch(path) => raw::touch(path, 0o644),
         CStep::Symlink(target, link) => raw::symlink(target, link),
+        CStep::Sysctl(path, value) => raw::write_to(path, value),
         CStep::Hostname(name) => raw::sethostname(name),
         CStep::LoopbackUp => raw::loopback_up(),
         CStep::Pivot(root) => {
@@ -312,4 +316,71 @@ pub fn step_error(steps: &[Step], index: u32, errno: i32) -> Error {
         call,
         errno: crate::error::Errno(errno),
     }
+}
+
+/// Locks the sandbox: moves the (single-threaded) process into a nested user and mount
+/// namespace. The kernel copies every mount into the new mount namespace as locked, because the
+/// new user namespace is less privileged than the one that made them: the test's root can no
+/// longer unmount, move or remount read-write what masks the host's kernel knobs (`/proc/sys`,
+/// `/sys`), and a fresh procfs or sysfs mount is refused as too revealing. It may still mount
+/// anything new.
+///
+/// A process cannot map ids in its own new user namespace beyond itself; a helper forked
+/// beforehand stays in the outer namespace and writes the same maps the outer one has.
+pub fn lock() -> Result<()> {
+    use crate::sys;
+    let uid_map = outer_map("/proc/self/uid_map")?;
+    let gid_map = outer_map("/proc/self/gid_map")?;
+    use std::os::fd::AsRawFd;
+    let (go_r, go_w) = sys::pipe()?;
+    let (r, w) = (go_r.as_raw_fd(), go_w.as_raw_fd());
+    let parent = std::process::id();
+    let helper = sys::fork_single_threaded(|| {
+        raw::close(w);
+        let mut b = [0u8; 1];
+        if sys::read(r, &mut b) != Ok(1) {
+            return 1;
+        }
+        let ok = sys::write_file(&format!("/proc/{parent}/uid_map"), &uid_map).is_ok()
+            && sys::write_file(&format!("/proc/{parent}/gid_map"), &gid_map).is_ok();
+        if ok {
+            0
+        } else {
+            2
+        }
+    })?;
+    drop(go_r);
+    // The UTS and IPC namespaces move along, so the test's root keeps the powers it had over
+    // them (the new UTS namespace copies the hostname). The network namespace stays: /sys,
+    // locked, shows its devices; the plan opened its ports below 1024 and ICMP sockets to all.
+    let unshared = sys::unshare(
+        libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
+    );
+    // Let the helper go on either way, so it never waits forever.
+    let _ = sys::write_all(w, b"g");
+    drop(go_w);
+    let exit = sys::waitpid(helper)?;
+    unshared?;
+    if exit != sys::Exit::Code(0) {
+        return Err(Error::Setup(format!(
+            "writing the id maps of the nested user namespace failed ({exit})"
+        )));
+    }
+    Ok(())
+}
+
+/// The outer namespace's map, restated from inside it: every range it maps, identity.
+fn outer_map(path: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+        context: "reading",
+        path: path.into(),
+        source: e,
+    })?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 3).then(|| format!("{} {} {}\n", f[0], f[0], f[2]))
+        })
+        .collect())
 }

@@ -353,8 +353,9 @@ fn pollfd(fd: RawFd) -> libc::pollfd {
 /// even where the child's scratch mount shadows the binary's directory.
 static EXE: once_cell::sync::OnceCell<(OwnedFd, CString)> = once_cell::sync::OnceCell::new();
 
-/// The exec of the current test binary, filtered to exactly `test`, reporting on `channel`.
-pub fn test_exec(test: &str, channel: RawFd) -> Result<ExecSpec> {
+/// The exec of the current test binary, filtered to exactly `test`, reporting on `channel`;
+/// `lock` has it lock its mounts in a nested user namespace.
+pub fn test_exec(test: &str, channel: RawFd, lock: bool) -> Result<ExecSpec> {
     let (exe, path) = EXE.get_or_try_init(|| {
         let fd = sys::open_path(Path::new("/proc/self/exe"), 0)?;
         let path = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| "test".into());
@@ -378,7 +379,8 @@ pub fn test_exec(test: &str, channel: RawFd) -> Result<ExecSpec> {
             c(&kv)
         })
         .collect::<Result<_>>()?;
-    envp.push(c(format!("{ENV_SANDBOX}={channel}").as_bytes())?);
+    let lock = if lock { "lock" } else { "nolock" };
+    envp.push(c(format!("{ENV_SANDBOX}={channel}:{lock}").as_bytes())?);
     Ok(ExecSpec::new(
         Some(exe.as_raw_fd()),
         path.clone(),

@@ -461,6 +461,18 @@ pub mod raw {
         check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) } as _)
     }
 
+    /// `open(path, O_WRONLY)` and `write(value)`: sets a sysctl.
+    pub fn write_to(path: &CStr, value: &CStr) -> R {
+        // SAFETY: valid C string.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(super::errno());
+        }
+        let r = write_all(fd, value.to_bytes());
+        close(fd);
+        r
+    }
+
     /// `sethostname(name)`.
     pub fn sethostname(name: &CStr) -> R {
         let bytes = name.to_bytes();
@@ -624,4 +636,61 @@ pub fn own_fd(fd: RawFd) -> OwnedFd {
     // SAFETY: callers pass an fd inherited across exec for exactly this use, owned by nothing
     // else in this process.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Runs [`crate::test::pre_main`] before `main`, while the process is single-threaded.
+#[used]
+#[link_section = ".init_array"]
+static PRE_MAIN: extern "C" fn() = pre_main;
+
+extern "C" fn pre_main() {
+    // A panic must not unwind into the C runtime.
+    if std::panic::catch_unwind(crate::test::pre_main).is_err() {
+        exit_now(101);
+    }
+}
+
+/// Keeps the object file holding [`PRE_MAIN`] in every binary that runs a sandboxed test.
+pub fn keep_pre_main() {
+    std::hint::black_box(&PRE_MAIN);
+}
+
+/// `fork()`, in a single-threaded process only (before `main`). The child runs `child`.
+pub fn fork_single_threaded(child: impl FnOnce() -> i32) -> Result<libc::pid_t> {
+    // SAFETY: called only before main, while the process has one thread, so the child may
+    // run ordinary code; it ends with _exit.
+    match unsafe { libc::fork() } {
+        -1 => Err(fail("fork")),
+        0 => exit_now(child()),
+        pid => Ok(pid),
+    }
+}
+
+/// `unshare(flags)`.
+pub fn unshare(flags: libc::c_int) -> Result<()> {
+    // SAFETY: plain syscall.
+    if unsafe { libc::unshare(flags) } != 0 {
+        return Err(fail(format!("unshare({flags:#x})")));
+    }
+    Ok(())
+}
+
+/// `waitpid(pid, 0)`: the child's exit.
+pub fn waitpid(pid: libc::pid_t) -> Result<Exit> {
+    let mut status = 0;
+    loop {
+        // SAFETY: valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && errno() != libc::EINTR {
+            return Err(fail(format!("waitpid({pid})")));
+        }
+    }
+    Ok(if libc::WIFEXITED(status) {
+        Exit::Code(libc::WEXITSTATUS(status))
+    } else {
+        Exit::Signal(libc::WTERMSIG(status))
+    })
 }

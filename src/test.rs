@@ -2,7 +2,7 @@
 //! sandboxed test in the re-executed binary.
 
 use std::io::Write;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Mutex;
 
@@ -92,7 +92,7 @@ fn run_sandboxed(meta: &Meta, name: &str) -> Result<Report> {
         &config,
         &lower,
         stdio,
-        |channel| spawn::test_exec(name, channel),
+        |channel| spawn::test_exec(name, channel, !config.privileged),
         true,
         Vec::new(),
     )?;
@@ -114,30 +114,63 @@ fn run_sandboxed(meta: &Meta, name: &str) -> Result<Report> {
 /// The panic the body raised, as the hook saw it.
 static PANIC: Mutex<Option<String>> = Mutex::new(None);
 
-/// Inside the sandbox: finish the pivot, run the body, report, and exit. The verdict never
-/// goes back to libtest in this process: under `#[should_panic]` it would count a panic as a
-/// pass. The supervisor decides.
-pub(crate) fn in_sandbox<T: Outcome>(_meta: &Meta, channel: &str, body: impl FnOnce() -> T) -> T {
-    let fd: RawFd = match channel.parse() {
-        Ok(fd) => fd,
-        Err(_) => {
-            eprintln!(
-                "isotest: {} is not a channel fd: {channel:?}",
-                spawn::ENV_SANDBOX
-            );
-            sys::exit_now(101);
-        }
+/// What the re-executed test binary did before `main`.
+#[derive(Debug)]
+pub(crate) struct Early {
+    /// The report channel.
+    channel: RawFd,
+    /// The pivot and the lock, or why they failed.
+    setup: std::result::Result<(), String>,
+}
+
+static EARLY: once_cell::sync::OnceCell<Option<Early>> = once_cell::sync::OnceCell::new();
+
+/// Runs before `main` in every binary that links isotest (see `sys::PRE_MAIN`): in a
+/// re-executed test, while the process is still single-threaded, it finishes the pivot into the
+/// new root and locks the sandbox's mounts. Elsewhere it only looks at one environment variable.
+pub(crate) fn pre_main() {
+    EARLY.get_or_init(early);
+}
+
+/// The sandboxed test's state, or `None` in the supervisor.
+pub(crate) fn sandboxed() -> Option<&'static Early> {
+    EARLY.get_or_init(early).as_ref()
+}
+
+fn early() -> Option<Early> {
+    let value = std::env::var(spawn::ENV_SANDBOX).ok()?;
+    // Programs the test starts (even this binary again) are not sandboxed tests.
+    std::env::remove_var(spawn::ENV_SANDBOX);
+    let (fd, lock) = match value.split_once(':') {
+        Some((fd, flag)) => (fd.parse().ok()?, flag == "lock"),
+        None => (value.parse().ok()?, false),
     };
-    // SAFETY-free: the fd was inherited for exactly this use.
-    let channel = owned(fd);
-    // Processes the body starts must not inherit the channel.
+    let setup = (|| {
+        // Processes the body starts must not inherit the channel.
+        sys::set_cloexec(fd)?;
+        crate::sandbox::finish_pivot()?;
+        if lock {
+            crate::sandbox::lock()?;
+        }
+        Ok::<_, Error>(())
+    })()
+    .map_err(|e| e.to_string());
+    Some(Early { channel: fd, setup })
+}
+
+/// Inside the sandbox: run the body, report, and exit. The verdict never goes back to libtest
+/// in this process: under `#[should_panic]` it would count a panic as a pass. The supervisor
+/// decides.
+pub(crate) fn in_sandbox<T: Outcome>(_meta: &Meta, early: &Early, body: impl FnOnce() -> T) -> T {
+    let fd = early.channel;
+    let channel = sys::own_fd(fd);
     let report = |tag: u8, text: &str| {
         let mut m = Vec::with_capacity(1 + text.len());
         m.push(tag);
         m.extend_from_slice(text.as_bytes());
         let _ = sys::write_all(fd, &m);
     };
-    if let Err(e) = sys::set_cloexec(fd).and_then(|()| crate::sandbox::finish_pivot()) {
+    if let Err(e) = &early.setup {
         report(msg::FAIL, &format!("isotest: sandbox setup failed: {e}"));
         sys::exit_now(101);
     }
@@ -174,10 +207,6 @@ pub(crate) fn in_sandbox<T: Outcome>(_meta: &Meta, channel: &str, body: impl FnO
     }
     drop(channel);
     sys::exit_now(0)
-}
-
-fn owned(fd: RawFd) -> OwnedFd {
-    sys::own_fd(fd)
 }
 
 fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {

@@ -762,28 +762,102 @@ fn killing_the_supervisor_leaves_nothing() {
 
 #[isolated]
 fn only_stdio_and_the_report_channel_are_open() {
-    let channel: i32 = std::env::var("__ISOTEST_SANDBOX").unwrap().parse().unwrap();
-    let fds: Vec<i32> = fs::read_dir("/proc/self/fd")
+    let fds: Vec<(i32, String)> = fs::read_dir("/proc/self/fd")
         .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    // read_dir holds one fd of its own while listing.
-    let unexpected: Vec<_> = fds
-        .iter()
-        .filter(|fd| ![0, 1, 2, channel].contains(fd))
-        .filter(|fd| {
-            fs::read_link(format!("/proc/self/fd/{fd}"))
-                .map(|t| t != Path::new("/proc/self/fd") && !t.starts_with("/proc/1/fd"))
-                .unwrap_or(false)
+        .filter_map(|e| {
+            let fd: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let target = fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+            Some((fd, target.to_string_lossy().into_owned()))
         })
-        .map(|fd| (fd, fs::read_link(format!("/proc/self/fd/{fd}")).ok()))
+        // read_dir holds one fd of its own while listing.
+        .filter(|(_, t)| !t.starts_with("/proc/") || t == "/proc")
         .collect();
-    assert!(unexpected.is_empty(), "unexpected fds: {unexpected:?}");
+    let extra: Vec<_> = fds.iter().filter(|(fd, _)| *fd > 2).collect();
+    assert_eq!(extra.len(), 1, "fds beyond stdio: {fds:?}");
+    assert!(extra[0].1.starts_with("socket:["), "{fds:?}");
+    // The marker that made this a sandboxed test is gone from what its children inherit.
+    assert!(std::env::var_os("__ISOTEST_SANDBOX").is_none());
     // stdin is /dev/null, not the host's terminal.
     assert_eq!(
         fs::read_link("/proc/self/fd/0").unwrap(),
         Path::new("/dev/null")
     );
+}
+
+#[isolated]
+fn the_masks_over_kernel_knobs_are_locked() {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    // Root inside can mount new things...
+    mount(
+        Some("tmpfs"),
+        "/mnt",
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    umount2("/mnt", MntFlags::empty()).unwrap();
+    // ...but not undo what keeps it from the host's kernel knobs.
+    assert!(
+        umount2("/proc/sys", MntFlags::MNT_DETACH).is_err(),
+        "/proc/sys unmasked"
+    );
+    let remount = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
+    assert!(
+        mount(
+            None::<&str>,
+            "/proc/sys",
+            None::<&str>,
+            remount,
+            None::<&str>
+        )
+        .is_err(),
+        "/proc/sys remounted read-write"
+    );
+    assert!(
+        mount(
+            None::<&str>,
+            "/sys",
+            None::<&str>,
+            MsFlags::MS_REMOUNT,
+            None::<&str>
+        )
+        .is_err(),
+        "/sys remounted read-write"
+    );
+    assert!(
+        umount2("/sys", MntFlags::MNT_DETACH).is_err(),
+        "/sys unmounted"
+    );
+    // A fresh procfs or sysfs would reveal what the masks hide.
+    fs::create_dir_all("/tmp/p").unwrap();
+    assert!(mount(
+        Some("proc"),
+        "/tmp/p",
+        Some("proc"),
+        MsFlags::empty(),
+        None::<&str>
+    )
+    .is_err());
+    assert!(mount(
+        Some("sysfs"),
+        "/tmp/p",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>
+    )
+    .is_err());
+    for knob in ["/proc/sys/vm/drop_caches", "/proc/sys/kernel/panic"] {
+        assert!(
+            fs::OpenOptions::new().write(true).open(knob).is_err(),
+            "{knob}"
+        );
+    }
+    // Still root, still PID 1, still master of its own hostname and network.
+    nix::unistd::sethostname("renamed").unwrap();
+    std::net::TcpListener::bind("127.0.0.1:80").unwrap();
+    assert_eq!(nix::unistd::getuid().as_raw(), 0);
+    assert_eq!(std::process::id(), 1);
 }
 
 // ---- bad configuration ----

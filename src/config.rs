@@ -73,15 +73,18 @@ impl Default for Config {
 }
 
 /// The timeout from `ISOTEST_TIMEOUT`, if set.
+#[allow(dead_code)] // for the test runtime
 pub(crate) fn env_timeout() -> Result<Option<Duration>> {
     match std::env::var(ENV_TIMEOUT) {
-        Ok(v) if !v.is_empty() => validate::duration(&v)
-            .map(Some)
-            .map_err(|problem| Error::InvalidOption {
-                option: "ISOTEST_TIMEOUT",
-                value: v,
-                problem,
-            }),
+        Ok(v) if !v.is_empty() => {
+            validate::duration(&v)
+                .map(Some)
+                .map_err(|problem| Error::InvalidOption {
+                    option: "ISOTEST_TIMEOUT",
+                    value: v,
+                    problem,
+                })
+        }
         _ => Ok(None),
     }
 }

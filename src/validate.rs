@@ -24,7 +24,10 @@ pub fn hostname(name: &str) -> Result<(), String> {
                 "hostname {name:?} has an empty or overlong label; labels are 1 to 63 characters between dots"
             ));
         }
-        if let Some(bad) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
+        if let Some(bad) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
             return Err(format!(
                 "hostname {name:?} contains {bad:?}; use only letters, digits, hyphens and dots (RFC 1123)"
             ));
@@ -40,6 +43,7 @@ pub fn hostname(name: &str) -> Result<(), String> {
 
 /// Turns a test function's name into a valid hostname: lowercase, `_` becomes `-`, other
 /// characters dropped, trimmed to 63 bytes, never empty.
+#[allow(dead_code)] // for the macro and the test runtime
 pub fn hostname_from_fn(name: &str) -> String {
     let mut out: String = name
         .chars()
@@ -68,7 +72,9 @@ pub fn duration(text: &str) -> Result<Duration, String> {
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits_end);
     if number.is_empty() {
-        return Err(format!("duration {text:?} does not start with a number; {fix}"));
+        return Err(format!(
+            "duration {text:?} does not start with a number; {fix}"
+        ));
     }
     let n: u64 = number
         .parse()
@@ -81,10 +87,16 @@ pub fn duration(text: &str) -> Result<Duration, String> {
             .map(Duration::from_secs)
             .ok_or_else(|| format!("duration {text:?} is too large; {fix}"))?,
         "" => return Err(format!("duration {text:?} has no unit; {fix}")),
-        other => return Err(format!("duration {text:?} has unknown unit {other:?}; {fix}")),
+        other => {
+            return Err(format!(
+                "duration {text:?} has unknown unit {other:?}; {fix}"
+            ))
+        }
     };
     if d.is_zero() {
-        return Err(format!("duration {text:?} is zero; a timeout must be greater than zero"));
+        return Err(format!(
+            "duration {text:?} is zero; a timeout must be greater than zero"
+        ));
     }
     Ok(d)
 }
@@ -98,7 +110,17 @@ mod tests {
         for good in ["web1", "a", "a-b.c-d", "x1.example.org", &"a".repeat(63)] {
             assert_eq!(hostname(good), Ok(()), "{good}");
         }
-        for bad in ["", "-a", "a-", "a..b", "a_b", "web 1", "é", &"a".repeat(64), &"a.".repeat(40)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            "a_b",
+            "web 1",
+            "é",
+            &"a".repeat(64),
+            &"a.".repeat(40),
+        ] {
             assert!(hostname(bad).is_err(), "{bad:?} accepted");
         }
         assert!(hostname("a_b").unwrap_err().contains("'_'"));
@@ -106,7 +128,10 @@ mod tests {
 
     #[test]
     fn hostname_from_fn_names() {
-        assert_eq!(hostname_from_fn("installer_writes_config"), "installer-writes-config");
+        assert_eq!(
+            hostname_from_fn("installer_writes_config"),
+            "installer-writes-config"
+        );
         assert_eq!(hostname_from_fn("__x__"), "x");
         assert_eq!(hostname_from_fn("___"), "isotest");
         assert_eq!(hostname_from_fn("Case_1"), "case-1");
@@ -121,7 +146,16 @@ mod tests {
         assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
-        for bad in ["", "s", "30", "30h", "0s", "1.5s", "-1s", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "s",
+            "30",
+            "30h",
+            "0s",
+            "1.5s",
+            "-1s",
+            "99999999999999999999s",
+        ] {
             assert!(duration(bad).is_err(), "{bad:?} accepted");
         }
         assert!(duration("30").unwrap_err().contains("no unit"));

@@ -263,9 +263,10 @@ impl Unpacker<'_> {
         let header = entry.header();
         let kind = header.entry_type();
         let mode = header.mode().map_err(|e| self.bad(e))? & 0o7777;
-        let uid = header.uid().map_err(|e| self.bad(e))? as u32;
-        let gid = header.gid().map_err(|e| self.bad(e))? as u32;
-        let mtime = header.mtime().map_err(|e| self.bad(e))?;
+        // Some writers leave these fields blank; GNU tar reads blank as 0, and so does isotest.
+        let uid = header.uid().unwrap_or(0) as u32;
+        let gid = header.gid().unwrap_or(0) as u32;
+        let mtime = header.mtime().unwrap_or(0);
         let Some(rel) = member_path(&raw) else {
             return Err(self.hostile(&raw, "has a `..` component"));
         };

@@ -112,6 +112,9 @@ impl Plan {
                 })
             }
         };
+        if builder == Builder::Mmdebstrap && !root {
+            check_subids(text)?;
+        }
         Ok(Plan {
             release: release.clone(),
             builder,
@@ -190,6 +193,43 @@ impl Plan {
         }
         trim(dest)
     }
+}
+
+/// mmdebstrap `--mode=unshare` maps subordinate ids: without a range it fails after a while
+/// with "failed to parse /etc/subuid"; say what to do before starting.
+fn check_subids(text: &str) -> Result<()> {
+    let uid = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let table = std::fs::read_to_string(file).unwrap_or_default();
+        if !has_subid_range(&table, &name, uid.as_raw()) {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "cannot build {text} without root: {file} has no range for user {name}"
+                ),
+                fix: format!(
+                    "add one, e.g. `sudo usermod --add-subuids 100000-165535 --add-subgids \
+                     100000-165535 {name}` (and install uidmap), or run as root"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether an /etc/subuid-style table gives `name` (or `uid`) a range.
+fn has_subid_range(table: &str, name: &str, uid: u32) -> bool {
+    let uid = uid.to_string();
+    table.lines().any(|line| {
+        let mut f = line.split(':');
+        let who = f.next().unwrap_or_default();
+        let count = f.nth(1).and_then(|c| c.trim().parse::<u64>().ok());
+        (who == name || who == uid) && count.is_some_and(|c| c > 0)
+    })
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
@@ -570,6 +610,15 @@ mod tests {
         );
         assert_ne!(other.inputs().key(), key);
         assert!(key.starts_with("debian-bookworm-"), "{key}");
+    }
+
+    #[test]
+    fn subordinate_id_ranges() {
+        let table = "alice:100000:65536\n1001:165536:65536\nbob:0:0\n";
+        assert!(has_subid_range(table, "alice", 1000));
+        assert!(has_subid_range(table, "carol", 1001));
+        assert!(!has_subid_range(table, "bob", 1002));
+        assert!(!has_subid_range("", "alice", 1000));
     }
 
     #[test]

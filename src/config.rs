@@ -99,6 +99,16 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Resolves a relative path against the crate that declared the test.
+pub(crate) fn relative_to(base: &str, path: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::path::Path::new(base).join(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

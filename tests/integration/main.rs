@@ -2,6 +2,7 @@
 //! namespaces; set `ISOTEST_ROOTFS` to a root filesystem (the README says how).
 
 mod core;
+mod rootfs;
 
 use std::process::{Command, Output};
 

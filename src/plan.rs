@@ -16,6 +16,9 @@ pub const UPPER: &str = "/tmp/upper";
 pub const WORK: &str = "/tmp/work";
 /// The new root, pivoted into before the test body runs.
 pub const NEW_ROOT: &str = "/tmp/root";
+/// A read-only bind of the lower layer, for the teardown checks to tell a created path from a
+/// modified one.
+pub const LOWER: &str = "/tmp/lower";
 
 /// Mount flags, as in mount(2).
 pub mod flags {
@@ -155,6 +158,23 @@ pub struct Input {
     pub userns: bool,
     /// The group `tty` (gid 5) is mapped inside, so devpts can use it.
     pub tty_gid_mapped: bool,
+    /// The requested bind mounts.
+    pub binds: Vec<BindInput>,
+}
+
+/// One bind mount as the plan needs it.
+#[derive(Debug, Clone)]
+pub struct BindInput {
+    /// The host path.
+    pub source: String,
+    /// The fd number reserved for the source in the child.
+    pub fd: i32,
+    /// The mount point inside the new root, symlinks already resolved within the root.
+    pub destination: String,
+    /// The source is a directory (else the mount point is a file).
+    pub dir: bool,
+    /// Read-only.
+    pub readonly: bool,
 }
 
 /// The device nodes bound from the host into the sandbox's `/dev`.
@@ -167,15 +187,14 @@ pub const PROC_READONLY: [&str; 2] = ["sys", "sysrq-trigger"];
 pub fn plan(input: &Input) -> Vec<Step> {
     let mut steps = Vec::with_capacity(48);
     let root = |p: &str| format!("{NEW_ROOT}{p}");
-    let mount = |source: &str, target: String, fstype: &str, flags: u64, data: Option<&str>| {
-        Step::Mount {
+    let mount =
+        |source: &str, target: String, fstype: &str, flags: u64, data: Option<&str>| Step::Mount {
             source: source.into(),
             target,
             fstype: Some(fstype.into()),
             flags,
             data: data.map(Into::into),
-        }
-    };
+        };
     use flags::*;
 
     // Nothing mounted from here on propagates back to the host.
@@ -186,19 +205,39 @@ pub fn plan(input: &Input) -> Vec<Step> {
         flags: REC_PRIVATE,
         data: None,
     });
-    // Hold on to the lower layer before the scratch tmpfs can shadow its path.
+    // Hold on to the lower layer and the bind sources before the scratch tmpfs can shadow
+    // their paths.
     steps.push(Step::Open {
         path: input.lower.clone(),
         fd: input.lower_fd,
     });
+    for bind in &input.binds {
+        steps.push(Step::Open {
+            path: bind.source.clone(),
+            fd: bind.fd,
+        });
+    }
     // The scratch tmpfs: upper and work dirs of the overlay, and the new root's mount point.
-    steps.push(mount("isotest", SCRATCH.into(), "tmpfs", NOSUID | NODEV, Some("mode=0755")));
-    for dir in [UPPER, WORK, NEW_ROOT] {
+    steps.push(mount(
+        "isotest",
+        SCRATCH.into(),
+        "tmpfs",
+        NOSUID | NODEV,
+        Some("mode=0755"),
+    ));
+    for dir in [UPPER, WORK, NEW_ROOT, LOWER] {
         steps.push(Step::Mkdir {
             path: dir.into(),
             mode: 0o755,
         });
     }
+    steps.push(Step::Bind {
+        source: format!("/proc/self/fd/{}", input.lower_fd),
+        target: LOWER.into(),
+        recursive: false,
+        readonly: true,
+        optional: false,
+    });
     let mut overlay = format!(
         "lowerdir=/proc/self/fd/{},upperdir={UPPER},workdir={WORK}",
         input.lower_fd
@@ -206,14 +245,26 @@ pub fn plan(input: &Input) -> Vec<Step> {
     if input.userns {
         overlay.push_str(",userxattr");
     }
-    steps.push(mount("overlay", NEW_ROOT.into(), "overlay", 0, Some(&overlay)));
+    steps.push(mount(
+        "overlay",
+        NEW_ROOT.into(),
+        "overlay",
+        0,
+        Some(&overlay),
+    ));
 
     // /proc: the sandbox's own processes; kernel knobs read-only.
     steps.push(Step::Mkdir {
         path: root("/proc"),
         mode: 0o555,
     });
-    steps.push(mount("proc", root("/proc"), "proc", NOSUID | NODEV | NOEXEC, None));
+    steps.push(mount(
+        "proc",
+        root("/proc"),
+        "proc",
+        NOSUID | NODEV | NOEXEC,
+        None,
+    ));
     for p in PROC_READONLY {
         let target = root(&format!("/proc/{p}"));
         steps.push(Step::Bind {
@@ -244,7 +295,13 @@ pub fn plan(input: &Input) -> Vec<Step> {
         path: root("/dev"),
         mode: 0o755,
     });
-    steps.push(mount("tmpfs", root("/dev"), "tmpfs", NOSUID | NOEXEC, Some("mode=0755")));
+    steps.push(mount(
+        "tmpfs",
+        root("/dev"),
+        "tmpfs",
+        NOSUID | NOEXEC,
+        Some("mode=0755"),
+    ));
     for dev in DEVICES {
         let target = root(&format!("/dev/{dev}"));
         steps.push(Step::Touch {
@@ -267,7 +324,13 @@ pub fn plan(input: &Input) -> Vec<Step> {
     } else {
         "newinstance,ptmxmode=0666,mode=0620"
     };
-    steps.push(mount("devpts", root("/dev/pts"), "devpts", NOSUID | NOEXEC, Some(pts)));
+    steps.push(mount(
+        "devpts",
+        root("/dev/pts"),
+        "devpts",
+        NOSUID | NOEXEC,
+        Some(pts),
+    ));
     steps.push(Step::Symlink {
         target: "pts/ptmx".into(),
         link: root("/dev/ptmx"),
@@ -300,7 +363,46 @@ pub fn plan(input: &Input) -> Vec<Step> {
         path: root("/tmp"),
         mode: 0o1777,
     });
-    steps.push(mount("tmpfs", root("/tmp"), "tmpfs", NOSUID | NODEV, Some("mode=1777")));
+    steps.push(mount(
+        "tmpfs",
+        root("/tmp"),
+        "tmpfs",
+        NOSUID | NODEV,
+        Some("mode=1777"),
+    ));
+
+    // Bind mounts, last so that they may land on any of the above. The mount point and the
+    // directories above it are made as needed: the destination is resolved already, so no
+    // symlink is followed out of the root. Never recursive: the source was opened before the
+    // scratch tmpfs, but a recursive bind would copy what is mounted on it since (a source of
+    // `/tmp` or `/` would bring the scratch along), so mounts below a source are not included.
+    for bind in &input.binds {
+        let mut path = String::from(NEW_ROOT);
+        let parts: Vec<&str> = bind
+            .destination
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .collect();
+        for (i, part) in parts.iter().enumerate() {
+            path.push('/');
+            path.push_str(part);
+            if i + 1 < parts.len() || bind.dir {
+                steps.push(Step::Mkdir {
+                    path: path.clone(),
+                    mode: 0o755,
+                });
+            } else {
+                steps.push(Step::Touch { path: path.clone() });
+            }
+        }
+        steps.push(Step::Bind {
+            source: format!("/proc/self/fd/{}", bind.fd),
+            target: path,
+            recursive: false,
+            readonly: bind.readonly,
+            optional: false,
+        });
+    }
 
     steps.push(Step::Hostname(input.hostname.clone()));
     steps.push(Step::LoopbackUp);
@@ -318,6 +420,7 @@ mod tests {
             hostname: "web1".into(),
             userns,
             tty_gid_mapped: true,
+            binds: Vec::new(),
         }
     }
 
@@ -334,8 +437,10 @@ mod tests {
     #[test]
     fn starts_private_then_scratch_then_overlay() {
         let steps = plan(&input(true));
-        assert!(matches!(&steps[0], Step::Mount { target, flags, fstype: None, .. }
-            if target == "/" && *flags == flags::REC_PRIVATE));
+        assert!(
+            matches!(&steps[0], Step::Mount { target, flags, fstype: None, .. }
+            if target == "/" && *flags == flags::REC_PRIVATE)
+        );
         assert_eq!(
             steps[1],
             Step::Open {
@@ -343,12 +448,18 @@ mod tests {
                 fd: 7
             }
         );
-        assert!(matches!(&steps[2], Step::Mount { target, fstype: Some(t), .. }
-            if target == SCRATCH && t == "tmpfs"));
+        assert!(
+            matches!(&steps[2], Step::Mount { target, fstype: Some(t), .. }
+            if target == SCRATCH && t == "tmpfs")
+        );
         let overlay = steps
             .iter()
             .find_map(|s| match s {
-                Step::Mount { fstype: Some(t), data, .. } if t == "overlay" => data.clone(),
+                Step::Mount {
+                    fstype: Some(t),
+                    data,
+                    ..
+                } if t == "overlay" => data.clone(),
                 _ => None,
             })
             .unwrap();
@@ -371,10 +482,24 @@ mod tests {
         assert_eq!(t[0], "/");
         assert_eq!(t[1], SCRATCH);
         for target in &t[2..] {
-            assert!(target.starts_with(NEW_ROOT), "{target} outside the new root");
+            assert!(
+                target.starts_with(NEW_ROOT) || target == LOWER,
+                "{target} outside the new root"
+            );
         }
-        for want in ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/tmp", "/dev/null"] {
-            assert!(t.contains(&format!("{NEW_ROOT}{want}")), "{want} not mounted");
+        for want in [
+            "/proc",
+            "/sys",
+            "/dev",
+            "/dev/pts",
+            "/dev/shm",
+            "/tmp",
+            "/dev/null",
+        ] {
+            assert!(
+                t.contains(&format!("{NEW_ROOT}{want}")),
+                "{want} not mounted"
+            );
         }
     }
 
@@ -383,9 +508,13 @@ mod tests {
         let steps = plan(&input(true));
         for p in ["/proc/sys", "/proc/sysrq-trigger"] {
             let target = format!("{NEW_ROOT}{p}");
-            assert!(steps.iter().any(|s| matches!(s, Step::Bind { target: t, readonly: true, .. } if *t == target)));
+            assert!(steps.iter().any(
+                |s| matches!(s, Step::Bind { target: t, readonly: true, .. } if *t == target)
+            ));
         }
-        assert!(steps.iter().any(|s| matches!(s, Step::Mount { fstype: Some(t), flags, .. }
+        assert!(steps
+            .iter()
+            .any(|s| matches!(s, Step::Mount { fstype: Some(t), flags, .. }
             if t == "sysfs" && flags & flags::RDONLY != 0)));
     }
 
@@ -394,7 +523,9 @@ mod tests {
         let mut i = input(true);
         i.tty_gid_mapped = false;
         assert!(!plan(&i).iter().any(|s| s.to_string().contains("gid=5")));
-        assert!(plan(&input(true)).iter().any(|s| s.to_string().contains("gid=5")));
+        assert!(plan(&input(true))
+            .iter()
+            .any(|s| s.to_string().contains("gid=5")));
     }
 
     #[test]
@@ -406,6 +537,66 @@ mod tests {
     }
 
     #[test]
+    fn lower_layer_is_kept_read_only_for_teardown() {
+        let steps = plan(&input(true));
+        assert!(steps.iter().any(
+            |s| matches!(s, Step::Bind { source, target, readonly: true, .. }
+            if source == "/proc/self/fd/7" && target == LOWER)
+        ));
+    }
+
+    #[test]
+    fn binds_open_early_and_mount_last() {
+        let mut i = input(true);
+        i.binds = vec![
+            BindInput {
+                source: "/srv/data".into(),
+                fd: 9,
+                destination: "/data/sub".into(),
+                dir: true,
+                readonly: true,
+            },
+            BindInput {
+                source: "/run/x.sock".into(),
+                fd: 10,
+                destination: "/run/x.sock".into(),
+                dir: false,
+                readonly: false,
+            },
+        ];
+        let steps = plan(&i);
+        let scratch = steps
+            .iter()
+            .position(|s| matches!(s, Step::Mount { target, .. } if target == SCRATCH))
+            .unwrap();
+        let open = steps
+            .iter()
+            .position(|s| matches!(s, Step::Open { fd: 9, path } if path == "/srv/data"))
+            .unwrap();
+        assert!(
+            open < scratch,
+            "the source is opened before /tmp is shadowed"
+        );
+        let tail: Vec<String> = steps[steps.len() - 8..]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                "mkdir(\"/tmp/root/data\", 0o755)",
+                "mkdir(\"/tmp/root/data/sub\", 0o755)",
+                "mount(\"/proc/self/fd/9\", \"/tmp/root/data/sub\", MS_BIND, then read-only)",
+                "mkdir(\"/tmp/root/run\", 0o755)",
+                "open(\"/tmp/root/run/x.sock\", O_CREAT)",
+                "mount(\"/proc/self/fd/10\", \"/tmp/root/run/x.sock\", MS_BIND)",
+                "sethostname(\"web1\")",
+                "ioctl(\"lo\", SIOCSIFFLAGS, IFF_UP)",
+            ]
+        );
+    }
+
+    #[test]
     fn steps_describe_themselves_like_the_call() {
         let s = Step::Bind {
             source: "/dev/null".into(),
@@ -414,6 +605,9 @@ mod tests {
             readonly: false,
             optional: false,
         };
-        assert_eq!(s.to_string(), "mount(\"/dev/null\", \"/tmp/root/dev/null\", MS_BIND)");
+        assert_eq!(
+            s.to_string(),
+            "mount(\"/dev/null\", \"/tmp/root/dev/null\", MS_BIND)"
+        );
     }
 }

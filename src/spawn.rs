@@ -62,6 +62,21 @@ pub fn spawn(
 ) -> Result<Spawned> {
     // Reserve an fd number for the lower layer; the child opens the layer onto it.
     let lower_fd = sys::open(Path::new("/dev/null"), libc::O_RDONLY)?;
+    // The same for each bind source, whose mount point is resolved inside the root first.
+    let destinations = config.resolve_binds(lower)?;
+    let mut bind_fds = Vec::with_capacity(config.binds.len());
+    let mut binds = Vec::with_capacity(config.binds.len());
+    for (bind, destination) in config.binds.iter().zip(destinations) {
+        let fd = sys::open(Path::new("/dev/null"), libc::O_RDONLY)?;
+        binds.push(plan::BindInput {
+            source: bind.source.to_string_lossy().into_owned(),
+            fd: fd.as_raw_fd(),
+            destination,
+            dir: bind.source.is_dir(),
+            readonly: bind.readonly,
+        });
+        bind_fds.push(fd);
+    }
     let root = sys::ids().0 == 0;
     let userns = !config.privileged;
     let mut steps = plan::plan(&plan::Input {
@@ -70,6 +85,7 @@ pub fn spawn(
         hostname: config.hostname.clone(),
         userns,
         tty_gid_mapped: root,
+        binds,
     });
     steps.extend(extra_steps);
     let (supervisor_channel, child_channel) = sys::socketpair()?;
@@ -86,10 +102,15 @@ pub fn spawn(
         keep_channel,
         new_session: true,
     };
-    let flags = NAMESPACES | if userns { libc::CLONE_NEWUSER as u64 } else { 0 };
+    let flags = NAMESPACES
+        | if userns {
+            libc::CLONE_NEWUSER as u64
+        } else {
+            0
+        };
     let (pid, pidfd) = sys::clone3(flags, &prepared, sandbox::child_main)?;
     // The child has its own copies; close ours so EOF means the child is gone.
-    drop((child_channel, stdio, lower_fd));
+    drop((child_channel, stdio, lower_fd, bind_fds));
     let spawned = Spawned {
         pid,
         pidfd,
@@ -121,7 +142,10 @@ fn handshake(s: &Spawned, userns: bool, root: bool) -> Result<()> {
         let (uid_map, gid_map) = if root {
             // Identity over the full range: files keep their owners, tools that switch users
             // work, and the test's root holds its capabilities only inside.
-            ("0 0 4294967295\n".to_string(), "0 0 4294967295\n".to_string())
+            (
+                "0 0 4294967295\n".to_string(),
+                "0 0 4294967295\n".to_string(),
+            )
         } else {
             sys::write_file(&format!("/proc/{}/setgroups", s.pid), "deny\n")?;
             (format!("0 {uid} 1\n"), format!("0 {gid} 1\n"))
@@ -242,12 +266,7 @@ impl Relay {
 
 /// Supervises a sandboxed test: relays its output, reads its reports, enforces `timeout`,
 /// and reaps it.
-pub fn supervise(
-    s: Spawned,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    timeout: Duration,
-) -> Result<Ended> {
+pub fn supervise(s: Spawned, stdout: OwnedFd, stderr: OwnedFd, timeout: Duration) -> Result<Ended> {
     let deadline = Instant::now() + timeout;
     let mut out = Relay::new(stdout, false)?;
     let mut err = Relay::new(stderr, true)?;
@@ -351,7 +370,8 @@ fn pollfd(fd: RawFd) -> libc::pollfd {
 static EXE: once_cell::sync::OnceCell<(OwnedFd, CString)> = once_cell::sync::OnceCell::new();
 
 /// The exec of the current test binary, filtered to exactly `test`, reporting on `channel`.
-pub fn test_exec(test: &str, channel: RawFd) -> Result<ExecSpec> {
+/// `env` is added to the test's environment.
+pub fn test_exec(test: &str, channel: RawFd, env: &[(&str, &str)]) -> Result<ExecSpec> {
     let (exe, path) = EXE.get_or_try_init(|| {
         let fd = sys::open_path(Path::new("/proc/self/exe"), 0)?;
         let path = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| "test".into());
@@ -367,7 +387,7 @@ pub fn test_exec(test: &str, channel: RawFd) -> Result<ExecSpec> {
         c(b"--include-ignored")?,
     ];
     let mut envp: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| k != ENV_SANDBOX)
+        .filter(|(k, _)| k != ENV_SANDBOX && !env.iter().any(|(e, _)| k == e))
         .map(|(k, v)| {
             let mut kv = k.as_bytes().to_vec();
             kv.push(b'=');
@@ -375,6 +395,14 @@ pub fn test_exec(test: &str, channel: RawFd) -> Result<ExecSpec> {
             c(&kv)
         })
         .collect::<Result<_>>()?;
+    for (k, v) in env {
+        envp.push(c(format!("{k}={v}").as_bytes())?);
+    }
     envp.push(c(format!("{ENV_SANDBOX}={channel}").as_bytes())?);
-    Ok(ExecSpec::new(Some(exe.as_raw_fd()), path.clone(), argv, envp))
+    Ok(ExecSpec::new(
+        Some(exe.as_raw_fd()),
+        path.clone(),
+        argv,
+        envp,
+    ))
 }

@@ -26,6 +26,11 @@ pub(crate) fn config_from_meta(meta: &Meta) -> Result<Config> {
         None => config::env_timeout()?.unwrap_or(config::DEFAULT_TIMEOUT),
     };
     c.privileged = meta.privileged;
+    c.binds = meta
+        .bind
+        .iter()
+        .map(|b| config::Bind::parse(b, meta.manifest_dir))
+        .collect::<Result<_>>()?;
     c.validate()?;
     Ok(c)
 }
@@ -65,6 +70,7 @@ fn run_sandboxed(meta: &Meta, name: &str) -> Result<Report> {
         test: name.to_string(),
     })?;
     let lower = rootfs::resolve(&spec)?;
+    config.resolve_binds(&lower)?;
     let (out_r, out_w) = sys::pipe()?;
     let (err_r, err_w) = sys::pipe()?;
     let stdin = sys::open(std::path::Path::new("/dev/null"), libc::O_RDONLY)?;
@@ -77,7 +83,7 @@ fn run_sandboxed(meta: &Meta, name: &str) -> Result<Report> {
         &config,
         &lower,
         stdio,
-        |channel| spawn::test_exec(name, channel),
+        |channel| spawn::test_exec(name, channel, &[]),
         true,
         Vec::new(),
     )?;

@@ -16,7 +16,9 @@ use std::path::Path;
 use crate::error::{Errno, Error, Result};
 
 fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Builds the error for a failed call from the current errno.
@@ -623,11 +625,7 @@ pub mod raw {
     }
 
     /// `execve(path, argv, envp)`; returns only on failure.
-    pub fn execve(
-        path: &CStr,
-        argv: &[*const libc::c_char],
-        envp: &[*const libc::c_char],
-    ) -> i32 {
+    pub fn execve(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> i32 {
         // SAFETY: argv and envp are NULL-terminated arrays of valid C strings.
         unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
         super::errno()
@@ -670,6 +668,32 @@ pub fn set_cloexec(fd: RawFd) -> Result<()> {
         return Err(fail(format!("fcntl({fd}, F_SETFD, FD_CLOEXEC)")));
     }
     Ok(())
+}
+
+/// `lgetxattr(path, name)`: the attribute's value, or `None` when the file does not have it.
+pub fn lgetxattr(path: &Path, name: &CStr) -> Result<Option<Vec<u8>>> {
+    let c = cstring(path.as_os_str().as_encoded_bytes())?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: valid C strings; buf is valid for writes of its length.
+        let r = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if r >= 0 {
+            buf.truncate(r as usize);
+            return Ok(Some(buf));
+        }
+        match errno() {
+            libc::ENODATA | libc::ENOTSUP => return Ok(None),
+            libc::ERANGE => buf.resize(buf.len() * 4, 0),
+            _ => return Err(fail(format!("lgetxattr({path:?}, {name:?})"))),
+        }
+    }
 }
 
 /// Takes ownership of an fd this process inherited for a known purpose.

@@ -11,7 +11,7 @@ use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::sandbox::msg;
 use crate::spawn::{self, Report, Stdio};
-use crate::{rootfs, sys, validate};
+use crate::{fixtures, rootfs, sys, teardown, validate};
 
 /// Builds the sandbox's configuration from the attribute's arguments.
 pub(crate) fn config_from_meta(meta: &Meta) -> Result<Config> {
@@ -41,7 +41,10 @@ fn test_name(meta: &Meta) -> String {
     match std::thread::current().name() {
         Some(name) if name != "main" => name.to_string(),
         _ => {
-            let path = meta.module_path.split_once("::").map_or("", |(_, rest)| rest);
+            let path = meta
+                .module_path
+                .split_once("::")
+                .map_or("", |(_, rest)| rest);
             if path.is_empty() {
                 meta.name.to_string()
             } else {
@@ -71,6 +74,7 @@ fn run_sandboxed(meta: &Meta, name: &str) -> Result<Report> {
     })?;
     let lower = rootfs::resolve(&spec)?;
     config.resolve_binds(&lower)?;
+    let host = teardown::Host::before(&lower);
     let (out_r, out_w) = sys::pipe()?;
     let (err_r, err_w) = sys::pipe()?;
     let stdin = sys::open(std::path::Path::new("/dev/null"), libc::O_RDONLY)?;
@@ -83,11 +87,32 @@ fn run_sandboxed(meta: &Meta, name: &str) -> Result<Report> {
         &config,
         &lower,
         stdio,
-        |channel| spawn::test_exec(name, channel, &[]),
+        |channel| {
+            spawn::test_exec(
+                name,
+                channel,
+                &[(fixtures::ENV_TEST, name), (fixtures::ENV_ROOTFS, &spec)],
+            )
+        },
         true,
         Vec::new(),
     )?;
     let ended = spawn::supervise(spawned, out_r, err_r, config.timeout)?;
+    // The child is reaped: whatever of the sandbox is still on the host is the harness's bug.
+    let findings = host.check();
+    if !findings.is_empty() {
+        let text = findings.join("\n");
+        eprintln!("{text}");
+        return Ok(match report(ended, &config)? {
+            Report::Pass => Report::Fail(text),
+            Report::Fail(message) => Report::Fail(format!("{message}\n\n{text}")),
+        });
+    }
+    report(ended, &config)
+}
+
+/// The sandboxed test's verdict, or why there is none.
+fn report(ended: spawn::Ended, config: &Config) -> Result<Report> {
     if ended.timed_out {
         return Err(Error::Timeout(config.timeout));
     }
@@ -108,11 +133,14 @@ static PANIC: Mutex<Option<String>> = Mutex::new(None);
 /// Inside the sandbox: finish the pivot, run the body, report, and exit. The verdict never
 /// goes back to libtest in this process: under `#[should_panic]` it would count a panic as a
 /// pass. The supervisor decides.
-pub(crate) fn in_sandbox<T: Outcome>(_meta: &Meta, channel: &str, body: impl FnOnce() -> T) -> T {
+pub(crate) fn in_sandbox<T: Outcome>(meta: &Meta, channel: &str, body: impl FnOnce() -> T) -> T {
     let fd: RawFd = match channel.parse() {
         Ok(fd) => fd,
         Err(_) => {
-            eprintln!("isotest: {} is not a channel fd: {channel:?}", spawn::ENV_SANDBOX);
+            eprintln!(
+                "isotest: {} is not a channel fd: {channel:?}",
+                spawn::ENV_SANDBOX
+            );
             sys::exit_now(101);
         }
     };
@@ -125,7 +153,13 @@ pub(crate) fn in_sandbox<T: Outcome>(_meta: &Meta, channel: &str, body: impl FnO
         m.extend_from_slice(text.as_bytes());
         let _ = sys::write_all(fd, &m);
     };
-    if let Err(e) = sys::set_cloexec(fd).and_then(|()| crate::sandbox::finish_pivot()) {
+    // The overlay's layers are reachable only through the old root: hold them before the
+    // pivot detaches it, and record what the harness made before the body runs.
+    let setup = sys::set_cloexec(fd)
+        .and_then(|()| teardown::Layers::open())
+        .and_then(|layers| crate::sandbox::finish_pivot().map(|()| layers))
+        .and_then(teardown::record);
+    if let Err(e) = setup {
         report(msg::FAIL, &format!("isotest: sandbox setup failed: {e}"));
         sys::exit_now(101);
     }
@@ -152,6 +186,30 @@ pub(crate) fn in_sandbox<T: Outcome>(_meta: &Meta, channel: &str, body: impl FnO
                 .take()
                 .unwrap_or_else(|| payload_text(&*payload)),
         ),
+    };
+    let findings = teardown::check(teardown::Checks {
+        processes: !meta.allow_leaks.contains(&"processes"),
+        mounts: !meta.allow_leaks.contains(&"mounts"),
+        writes: meta.writes,
+    });
+    let failure = if findings.is_empty() {
+        failure
+    } else {
+        let mut text = format!(
+            "isotest: the test left things behind:\n  {}",
+            findings.join("\n  ")
+        );
+        for hint in teardown::hints(&findings, meta.writes.is_some()) {
+            text.push_str("\n  hint: ");
+            text.push_str(hint);
+        }
+        // The supervisor re-raises the message without printing it; the body's own panic was
+        // printed by the hook.
+        eprintln!("{text}");
+        Some(match failure {
+            None => text,
+            Some(body) => format!("{body}\n\n{text}"),
+        })
     };
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();

@@ -1,5 +1,6 @@
 //! [`Config`]: everything one sandbox needs, validated before any fork.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -26,6 +27,56 @@ pub struct Config {
     pub timeout: Duration,
     /// Skip the user namespace: the sandbox's root is the host's root. No isolation boundary.
     pub privileged: bool,
+    /// Host paths bound into the sandbox.
+    pub binds: Vec<Bind>,
+}
+
+/// One bind mount: a host path made visible at a path inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// The host path (absolute once parsed).
+    pub source: PathBuf,
+    /// The absolute path inside the sandbox.
+    pub destination: String,
+    /// Writes through the mount fail with `EROFS` (`:ro`, the default); with `:rw` they reach
+    /// the host.
+    pub readonly: bool,
+}
+
+impl Bind {
+    /// Parses `SRC:DST[:ro|rw]`; a relative `SRC` is relative to `base` (the crate's
+    /// `CARGO_MANIFEST_DIR` for `#[isolated(bind = [...])]`).
+    pub fn parse(text: &str, base: &str) -> Result<Bind> {
+        let invalid = |problem: String| Error::InvalidOption {
+            option: "bind",
+            value: text.into(),
+            problem,
+        };
+        let (source, destination, readonly) = match text.split(':').collect::<Vec<_>>()[..] {
+            [src, dst] => (src, dst, true),
+            [src, dst, "ro"] => (src, dst, true),
+            [src, dst, "rw"] => (src, dst, false),
+            _ => {
+                return Err(invalid(
+                    "write SRC:DST[:ro|rw], e.g. \"fixtures/data:/data:ro\"".into(),
+                ))
+            }
+        };
+        if source.is_empty() {
+            return Err(invalid("the source is empty".into()));
+        }
+        if !destination.starts_with('/') {
+            return Err(invalid(format!(
+                "the destination {destination:?} is relative; write an absolute path inside \
+                 the sandbox, e.g. \"/data\""
+            )));
+        }
+        Ok(Bind {
+            source: relative_to(base, source),
+            destination: destination.into(),
+            readonly,
+        })
+    }
 }
 
 impl Config {
@@ -37,6 +88,7 @@ impl Config {
             hostname: "isotest".into(),
             timeout: DEFAULT_TIMEOUT,
             privileged: false,
+            binds: Vec::new(),
         }
     }
 
@@ -54,7 +106,53 @@ impl Config {
                 problem: "a timeout must be greater than zero".into(),
             });
         }
+        for bind in &self.binds {
+            let value = || {
+                format!(
+                    "{}:{}:{}",
+                    bind.source.display(),
+                    bind.destination,
+                    if bind.readonly { "ro" } else { "rw" }
+                )
+            };
+            if !bind.destination.starts_with('/') {
+                return Err(Error::InvalidOption {
+                    option: "bind",
+                    value: value(),
+                    problem: "the destination is relative; write an absolute path inside the \
+                              sandbox, e.g. \"/data\""
+                        .into(),
+                });
+            }
+            if let Err(e) = std::fs::metadata(&bind.source) {
+                return Err(Error::InvalidOption {
+                    option: "bind",
+                    value: value(),
+                    problem: format!(
+                        "the source {} cannot be used ({e}); a relative source is relative to \
+                         the crate's CARGO_MANIFEST_DIR",
+                        bind.source.display()
+                    ),
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Checks what depends on the root filesystem `root`: every bind destination resolves
+    /// inside it. Returns each destination resolved (symlinks followed within the root), the
+    /// path the mount point is made at.
+    pub fn resolve_binds(&self, root: &Path) -> Result<Vec<String>> {
+        self.binds
+            .iter()
+            .map(|bind| {
+                resolve_in_root(root, &bind.destination).map_err(|problem| Error::InvalidOption {
+                    option: "bind",
+                    value: format!("{}:{}", bind.source.display(), bind.destination),
+                    problem,
+                })
+            })
+            .collect()
     }
 
     /// The rootfs spec in force: the configured one, else `ISOTEST_ROOTFS`.
@@ -109,9 +207,138 @@ pub(crate) fn relative_to(base: &str, path: &str) -> std::path::PathBuf {
     }
 }
 
+/// Resolves the absolute `path` inside the directory `root` the way the kernel would after a
+/// chroot into it: components are looked up with lstat, symlinks are followed (an absolute
+/// target starts again at `root`), and what does not exist yet is kept as written. A symlink
+/// whose `..` climbs above `root` points outside it and is refused, as is a loop.
+pub(crate) fn resolve_in_root(root: &Path, path: &str) -> std::result::Result<String, String> {
+    let mut pending: Vec<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(str::to_string)
+        .collect();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut links = 0;
+    let mut exists = true;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                if resolved.pop().is_none() {
+                    return Err(format!("{path:?} climbs above the root filesystem"));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        resolved.push(part);
+        if !exists {
+            continue;
+        }
+        let host = root.join(resolved.join("/"));
+        let meta = match std::fs::symlink_metadata(&host) {
+            Ok(m) => m,
+            Err(_) => {
+                exists = false;
+                continue;
+            }
+        };
+        if !meta.file_type().is_symlink() {
+            continue;
+        }
+        links += 1;
+        if links > 40 {
+            return Err(format!(
+                "{path:?} goes through a symlink loop in the root filesystem"
+            ));
+        }
+        let target = std::fs::read_link(&host).map_err(|e| format!("{}: {e}", host.display()))?;
+        let target = target.to_string_lossy().into_owned();
+        let link = format!("/{}", resolved.join("/"));
+        resolved.pop();
+        if target.starts_with('/') {
+            resolved.clear();
+        } else {
+            // A relative target must stay inside the root.
+            let mut depth = resolved.len();
+            for c in target.split('/') {
+                match c {
+                    "" | "." => {}
+                    ".." if depth == 0 => {
+                        return Err(format!(
+                            "{path:?} goes through the symlink {link} -> {target}, which points \
+                             outside the root filesystem"
+                        ))
+                    }
+                    ".." => depth -= 1,
+                    _ => depth += 1,
+                }
+            }
+        }
+        pending.extend(
+            target
+                .split('/')
+                .filter(|c| !c.is_empty())
+                .rev()
+                .map(str::to_string),
+        );
+    }
+    Ok(format!("/{}", resolved.join("/")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_binds() {
+        let b = Bind::parse("fixtures/data:/data", "/crate").unwrap();
+        assert_eq!(b.source, Path::new("/crate/fixtures/data"));
+        assert_eq!(b.destination, "/data");
+        assert!(b.readonly);
+        let b = Bind::parse("/run/x.sock:/run/x.sock:rw", "/crate").unwrap();
+        assert_eq!(b.source, Path::new("/run/x.sock"));
+        assert!(!b.readonly);
+        for bad in ["a:b", "a", "a:/b:rx", ":/b"] {
+            let e = Bind::parse(bad, "/c").unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn missing_bind_source_is_named() {
+        let mut c = Config::new();
+        c.binds
+            .push(Bind::parse("no/such/dir:/data", "/nonexistent-crate").unwrap());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent-crate/no/such/dir"), "{e}");
+    }
+
+    #[test]
+    fn resolves_destinations_inside_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("usr/lib")).unwrap();
+        std::fs::create_dir_all(r.join("run")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", r.join("lib")).unwrap();
+        std::os::unix::fs::symlink("/run", r.join("varrun")).unwrap();
+        std::os::unix::fs::symlink("../../etc", r.join("run/out")).unwrap();
+        std::os::unix::fs::symlink("/", r.join("up")).unwrap();
+        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
+        assert_eq!(resolve_in_root(r, "/data").unwrap(), "/data");
+        assert_eq!(resolve_in_root(r, "/lib/x/y").unwrap(), "/usr/lib/x/y");
+        assert_eq!(resolve_in_root(r, "/varrun/x.sock").unwrap(), "/run/x.sock");
+        assert!(resolve_in_root(r, "/up/../etc")
+            .unwrap_err()
+            .contains("climbs"));
+        let e = resolve_in_root(r, "/run/out/passwd").unwrap_err();
+        assert!(
+            e.contains("/run/out -> ../../etc") && e.contains("outside"),
+            "{e}"
+        );
+        assert!(resolve_in_root(r, "/loop/x").unwrap_err().contains("loop"));
+    }
 
     #[test]
     fn formats_durations() {

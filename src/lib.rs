@@ -15,12 +15,14 @@
 
 pub mod config;
 pub mod error;
+pub mod fixtures;
 pub mod plan;
 pub mod preflight;
 pub mod rootfs;
 pub mod sandbox;
 pub mod spawn;
 mod sys;
+mod teardown;
 mod test;
 mod validate;
 

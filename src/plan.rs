@@ -16,6 +16,9 @@ pub const UPPER: &str = "/tmp/upper";
 pub const WORK: &str = "/tmp/work";
 /// The new root, pivoted into before the test body runs.
 pub const NEW_ROOT: &str = "/tmp/root";
+/// A read-only bind of the lower layer, for the teardown checks to tell a created path from a
+/// modified one.
+pub const LOWER: &str = "/tmp/lower";
 
 /// Mount flags, as in mount(2).
 pub mod flags {
@@ -163,6 +166,23 @@ pub struct Input {
     pub userns: bool,
     /// The group `tty` (gid 5) is mapped inside, so devpts can use it.
     pub tty_gid_mapped: bool,
+    /// The requested bind mounts.
+    pub binds: Vec<BindInput>,
+}
+
+/// One bind mount as the plan needs it.
+#[derive(Debug, Clone)]
+pub struct BindInput {
+    /// The host path.
+    pub source: String,
+    /// The fd number reserved for the source in the child.
+    pub fd: i32,
+    /// The mount point inside the new root, symlinks already resolved within the root.
+    pub destination: String,
+    /// The source is a directory (else the mount point is a file).
+    pub dir: bool,
+    /// Read-only.
+    pub readonly: bool,
 }
 
 /// The device nodes bound from the host into the sandbox's `/dev`.
@@ -199,11 +219,18 @@ pub fn plan(input: &Input) -> Vec<Step> {
         flags: REC_PRIVATE,
         data: None,
     });
-    // Hold on to the lower layer before the scratch tmpfs can shadow its path.
+    // Hold on to the lower layer and the bind sources before the scratch tmpfs can shadow
+    // their paths.
     steps.push(Step::Open {
         path: input.lower.clone(),
         fd: input.lower_fd,
     });
+    for bind in &input.binds {
+        steps.push(Step::Open {
+            path: bind.source.clone(),
+            fd: bind.fd,
+        });
+    }
     // The scratch tmpfs: upper and work dirs of the overlay, and the new root's mount point.
     steps.push(mount(
         "isotest",
@@ -212,12 +239,19 @@ pub fn plan(input: &Input) -> Vec<Step> {
         NOSUID | NODEV,
         Some("mode=0755"),
     ));
-    for dir in [UPPER, WORK, NEW_ROOT] {
+    for dir in [UPPER, WORK, NEW_ROOT, LOWER] {
         steps.push(Step::Mkdir {
             path: dir.into(),
             mode: 0o755,
         });
     }
+    steps.push(Step::Bind {
+        source: format!("/proc/self/fd/{}", input.lower_fd),
+        target: LOWER.into(),
+        recursive: false,
+        readonly: true,
+        optional: false,
+    });
     let mut overlay = format!(
         "lowerdir=/proc/self/fd/{},upperdir={UPPER},workdir={WORK}",
         input.lower_fd
@@ -359,6 +393,39 @@ pub fn plan(input: &Input) -> Vec<Step> {
         Some("mode=1777"),
     ));
 
+    // Bind mounts, last so that they may land on any of the above. The mount point and the
+    // directories above it are made as needed: the destination is resolved already, so no
+    // symlink is followed out of the root. Never recursive: the source was opened before the
+    // scratch tmpfs, but a recursive bind would copy what is mounted on it since (a source of
+    // `/tmp` or `/` would bring the scratch along), so mounts below a source are not included.
+    for bind in &input.binds {
+        let mut path = String::from(NEW_ROOT);
+        let parts: Vec<&str> = bind
+            .destination
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .collect();
+        for (i, part) in parts.iter().enumerate() {
+            path.push('/');
+            path.push_str(part);
+            if i + 1 < parts.len() || bind.dir {
+                steps.push(Step::Mkdir {
+                    path: path.clone(),
+                    mode: 0o755,
+                });
+            } else {
+                steps.push(Step::Touch { path: path.clone() });
+            }
+        }
+        steps.push(Step::Bind {
+            source: format!("/proc/self/fd/{}", bind.fd),
+            target: path,
+            recursive: false,
+            readonly: bind.readonly,
+            optional: false,
+        });
+    }
+
     steps.push(Step::Hostname(input.hostname.clone()));
     steps.push(Step::LoopbackUp);
     steps
@@ -375,6 +442,7 @@ mod tests {
             hostname: "web1".into(),
             userns,
             tty_gid_mapped: true,
+            binds: Vec::new(),
         }
     }
 
@@ -437,7 +505,7 @@ mod tests {
         assert_eq!(t[1], SCRATCH);
         for target in &t[2..] {
             assert!(
-                target.starts_with(NEW_ROOT),
+                target.starts_with(NEW_ROOT) || target == LOWER,
                 "{target} outside the new root"
             );
         }
@@ -488,6 +556,66 @@ mod tests {
         let n = steps.len();
         assert_eq!(steps[n - 2], Step::Hostname("web1".into()));
         assert_eq!(steps[n - 1], Step::LoopbackUp);
+    }
+
+    #[test]
+    fn lower_layer_is_kept_read_only_for_teardown() {
+        let steps = plan(&input(true));
+        assert!(steps.iter().any(
+            |s| matches!(s, Step::Bind { source, target, readonly: true, .. }
+            if source == "/proc/self/fd/7" && target == LOWER)
+        ));
+    }
+
+    #[test]
+    fn binds_open_early_and_mount_last() {
+        let mut i = input(true);
+        i.binds = vec![
+            BindInput {
+                source: "/srv/data".into(),
+                fd: 9,
+                destination: "/data/sub".into(),
+                dir: true,
+                readonly: true,
+            },
+            BindInput {
+                source: "/run/x.sock".into(),
+                fd: 10,
+                destination: "/run/x.sock".into(),
+                dir: false,
+                readonly: false,
+            },
+        ];
+        let steps = plan(&i);
+        let scratch = steps
+            .iter()
+            .position(|s| matches!(s, Step::Mount { target, .. } if target == SCRATCH))
+            .unwrap();
+        let open = steps
+            .iter()
+            .position(|s| matches!(s, Step::Open { fd: 9, path } if path == "/srv/data"))
+            .unwrap();
+        assert!(
+            open < scratch,
+            "the source is opened before /tmp is shadowed"
+        );
+        let tail: Vec<String> = steps[steps.len() - 8..]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                "mkdir(\"/tmp/root/data\", 0o755)",
+                "mkdir(\"/tmp/root/data/sub\", 0o755)",
+                "mount(\"/proc/self/fd/9\", \"/tmp/root/data/sub\", MS_BIND, then read-only)",
+                "mkdir(\"/tmp/root/run\", 0o755)",
+                "open(\"/tmp/root/run/x.sock\", O_CREAT)",
+                "mount(\"/proc/self/fd/10\", \"/tmp/root/run/x.sock\", MS_BIND)",
+                "sethostname(\"web1\")",
+                "ioctl(\"lo\", SIOCSIFFLAGS, IFF_UP)",
+            ]
+        );
     }
 
     #[test]

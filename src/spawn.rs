@@ -62,6 +62,21 @@ pub fn spawn(
 ) -> Result<Spawned> {
     // Reserve an fd number for the lower layer; the child opens the layer onto it.
     let lower_fd = sys::open(Path::new("/dev/null"), libc::O_RDONLY)?;
+    // The same for each bind source, whose mount point is resolved inside the root first.
+    let destinations = config.resolve_binds(lower)?;
+    let mut bind_fds = Vec::with_capacity(config.binds.len());
+    let mut binds = Vec::with_capacity(config.binds.len());
+    for (bind, destination) in config.binds.iter().zip(destinations) {
+        let fd = sys::open(Path::new("/dev/null"), libc::O_RDONLY)?;
+        binds.push(plan::BindInput {
+            source: bind.source.to_string_lossy().into_owned(),
+            fd: fd.as_raw_fd(),
+            destination,
+            dir: bind.source.is_dir(),
+            readonly: bind.readonly,
+        });
+        bind_fds.push(fd);
+    }
     let root = sys::ids().0 == 0;
     let userns = !config.privileged;
     let mut steps = plan::plan(&plan::Input {
@@ -70,6 +85,7 @@ pub fn spawn(
         hostname: config.hostname.clone(),
         userns,
         tty_gid_mapped: root,
+        binds,
     });
     steps.extend(extra_steps);
     let (supervisor_channel, child_channel) = sys::socketpair()?;
@@ -94,7 +110,7 @@ pub fn spawn(
         };
     let (pid, pidfd) = sys::clone3(flags, &prepared, sandbox::child_main)?;
     // The child has its own copies; close ours so EOF means the child is gone.
-    drop((child_channel, stdio, lower_fd));
+    drop((child_channel, stdio, lower_fd, bind_fds));
     let spawned = Spawned {
         pid,
         pidfd,
@@ -354,8 +370,8 @@ fn pollfd(fd: RawFd) -> libc::pollfd {
 static EXE: once_cell::sync::OnceCell<(OwnedFd, CString)> = once_cell::sync::OnceCell::new();
 
 /// The exec of the current test binary, filtered to exactly `test`, reporting on `channel`;
-/// `lock` has it lock its mounts in a nested user namespace.
-pub fn test_exec(test: &str, channel: RawFd, lock: bool) -> Result<ExecSpec> {
+/// `lock` has it lock its mounts in a nested user namespace, `env` is added to its environment.
+pub fn test_exec(test: &str, channel: RawFd, lock: bool, env: &[(&str, &str)]) -> Result<ExecSpec> {
     let (exe, path) = EXE.get_or_try_init(|| {
         let fd = sys::open_path(Path::new("/proc/self/exe"), 0)?;
         let path = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| "test".into());
@@ -371,7 +387,7 @@ pub fn test_exec(test: &str, channel: RawFd, lock: bool) -> Result<ExecSpec> {
         c(b"--include-ignored")?,
     ];
     let mut envp: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| k != ENV_SANDBOX)
+        .filter(|(k, _)| k != ENV_SANDBOX && !env.iter().any(|(e, _)| k == e))
         .map(|(k, v)| {
             let mut kv = k.as_bytes().to_vec();
             kv.push(b'=');
@@ -379,6 +395,9 @@ pub fn test_exec(test: &str, channel: RawFd, lock: bool) -> Result<ExecSpec> {
             c(&kv)
         })
         .collect::<Result<_>>()?;
+    for (k, v) in env {
+        envp.push(c(format!("{k}={v}").as_bytes())?);
+    }
     let lock = if lock { "lock" } else { "nolock" };
     envp.push(c(format!("{ENV_SANDBOX}={channel}:{lock}").as_bytes())?);
     Ok(ExecSpec::new(

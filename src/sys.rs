@@ -631,6 +631,32 @@ pub fn set_cloexec(fd: RawFd) -> Result<()> {
     Ok(())
 }
 
+/// `lgetxattr(path, name)`: the attribute's value, or `None` when the file does not have it.
+pub fn lgetxattr(path: &Path, name: &CStr) -> Result<Option<Vec<u8>>> {
+    let c = cstring(path.as_os_str().as_encoded_bytes())?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: valid C strings; buf is valid for writes of its length.
+        let r = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if r >= 0 {
+            buf.truncate(r as usize);
+            return Ok(Some(buf));
+        }
+        match errno() {
+            libc::ENODATA | libc::ENOTSUP => return Ok(None),
+            libc::ERANGE => buf.resize(buf.len() * 4, 0),
+            _ => return Err(fail(format!("lgetxattr({path:?}, {name:?})"))),
+        }
+    }
+}
+
 /// Takes ownership of an fd this process inherited for a known purpose.
 pub fn own_fd(fd: RawFd) -> OwnedFd {
     // SAFETY: callers pass an fd inherited across exec for exactly this use, owned by nothing

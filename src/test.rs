@@ -11,7 +11,7 @@ use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::sandbox::msg;
 use crate::spawn::{self, Report, Stdio};
-use crate::{rootfs, sys, validate};
+use crate::{fixtures, rootfs, sys, teardown, validate};
 
 /// Builds the sandbox's configuration from the attribute's arguments.
 pub(crate) fn config_from_meta(meta: &Meta) -> Result<Config> {
@@ -26,6 +26,11 @@ pub(crate) fn config_from_meta(meta: &Meta) -> Result<Config> {
         None => config::env_timeout()?.unwrap_or(config::DEFAULT_TIMEOUT),
     };
     c.privileged = meta.privileged;
+    c.binds = meta
+        .bind
+        .iter()
+        .map(|b| config::Bind::parse(b, meta.manifest_dir))
+        .collect::<Result<_>>()?;
     c.validate()?;
     Ok(c)
 }
@@ -80,6 +85,8 @@ fn run_sandboxed(meta: &Meta, name: &str) -> Result<Report> {
         test: name.to_string(),
     })?;
     let lower = rootfs::resolve(&spec)?;
+    config.resolve_binds(&lower)?;
+    let host = teardown::Host::before(&lower);
     let (out_r, out_w) = sys::pipe()?;
     let (err_r, err_w) = sys::pipe()?;
     let stdin = sys::open(std::path::Path::new("/dev/null"), libc::O_RDONLY)?;
@@ -92,11 +99,33 @@ fn run_sandboxed(meta: &Meta, name: &str) -> Result<Report> {
         &config,
         &lower,
         stdio,
-        |channel| spawn::test_exec(name, channel, !config.privileged),
+        |channel| {
+            spawn::test_exec(
+                name,
+                channel,
+                !config.privileged,
+                &[(fixtures::ENV_TEST, name), (fixtures::ENV_ROOTFS, &spec)],
+            )
+        },
         true,
         Vec::new(),
     )?;
     let ended = spawn::supervise(spawned, out_r, err_r, config.timeout)?;
+    // The child is reaped: whatever of the sandbox is still on the host is the harness's bug.
+    let findings = host.check();
+    if !findings.is_empty() {
+        let text = findings.join("\n");
+        eprintln!("{text}");
+        return Ok(match report(ended, &config)? {
+            Report::Pass => Report::Fail(text),
+            Report::Fail(message) => Report::Fail(format!("{message}\n\n{text}")),
+        });
+    }
+    report(ended, &config)
+}
+
+/// The sandboxed test's verdict, or why there is none.
+fn report(ended: spawn::Ended, config: &Config) -> Result<Report> {
     if ended.timed_out {
         return Err(Error::Timeout(config.timeout));
     }
@@ -148,11 +177,15 @@ fn early() -> Option<Early> {
     let setup = (|| {
         // Processes the body starts must not inherit the channel.
         sys::set_cloexec(fd)?;
+        // The overlay's layers are reachable only through the old root: hold them before the
+        // pivot detaches it.
+        let layers = teardown::Layers::open()?;
         crate::sandbox::finish_pivot()?;
         if lock {
             crate::sandbox::lock()?;
         }
-        Ok::<_, Error>(())
+        // What the harness made, and the mounts as the body finds them.
+        teardown::record(layers)
     })()
     .map_err(|e| e.to_string());
     Some(Early { channel: fd, setup })
@@ -161,7 +194,7 @@ fn early() -> Option<Early> {
 /// Inside the sandbox: run the body, report, and exit. The verdict never goes back to libtest
 /// in this process: under `#[should_panic]` it would count a panic as a pass. The supervisor
 /// decides.
-pub(crate) fn in_sandbox<T: Outcome>(_meta: &Meta, early: &Early, body: impl FnOnce() -> T) -> T {
+pub(crate) fn in_sandbox<T: Outcome>(meta: &Meta, early: &Early, body: impl FnOnce() -> T) -> T {
     let fd = early.channel;
     let channel = sys::own_fd(fd);
     let report = |tag: u8, text: &str| {
@@ -198,6 +231,30 @@ pub(crate) fn in_sandbox<T: Outcome>(_meta: &Meta, early: &Early, body: impl FnO
                 .take()
                 .unwrap_or_else(|| payload_text(&*payload)),
         ),
+    };
+    let findings = teardown::check(teardown::Checks {
+        processes: !meta.allow_leaks.contains(&"processes"),
+        mounts: !meta.allow_leaks.contains(&"mounts"),
+        writes: meta.writes,
+    });
+    let failure = if findings.is_empty() {
+        failure
+    } else {
+        let mut text = format!(
+            "isotest: the test left things behind:\n  {}",
+            findings.join("\n  ")
+        );
+        for hint in teardown::hints(&findings, meta.writes.is_some()) {
+            text.push_str("\n  hint: ");
+            text.push_str(hint);
+        }
+        // The supervisor re-raises the message without printing it; the body's own panic was
+        // printed by the hook.
+        eprintln!("{text}");
+        Some(match failure {
+            None => text,
+            Some(body) => format!("{body}\n\n{text}"),
+        })
     };
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();

@@ -762,19 +762,36 @@ fn killing_the_supervisor_leaves_nothing() {
 
 #[isolated]
 fn only_stdio_and_the_report_channel_are_open() {
-    let fds: Vec<(i32, String)> = fs::read_dir("/proc/self/fd")
+    // (fd, target, close-on-exec)
+    let fds: Vec<(i32, String, bool)> = fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|e| {
             let fd: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
             let target = fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
-            Some((fd, target.to_string_lossy().into_owned()))
+            let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim();
+            let cloexec = u32::from_str_radix(flags, 8).ok()? & libc::O_CLOEXEC as u32 != 0;
+            Some((fd, target.to_string_lossy().into_owned(), cloexec))
         })
-        // read_dir holds one fd of its own while listing.
-        .filter(|(_, t)| !t.starts_with("/proc/") || t == "/proc")
         .collect();
-    let extra: Vec<_> = fds.iter().filter(|(fd, _)| *fd > 2).collect();
-    assert_eq!(extra.len(), 1, "fds beyond stdio: {fds:?}");
-    assert!(extra[0].1.starts_with("socket:["), "{fds:?}");
+    // Nothing of the supervisor's: stdio, the report channel, and what the sandboxed harness
+    // holds itself (the overlay's layers for the teardown checks, read_dir's own fd).
+    let sockets = fds
+        .iter()
+        .filter(|(_, t, _)| t.starts_with("socket:["))
+        .count();
+    assert_eq!(sockets, 1, "{fds:?}");
+    for (fd, target, cloexec) in &fds {
+        assert!(
+            *fd <= 2 || *cloexec,
+            "fd {fd} ({target}) would reach the test's children: {fds:?}"
+        );
+        assert!(!target.starts_with("pipe:") || *fd <= 2, "{fds:?}");
+    }
+    // What a program the test starts gets: stdio only (and the fd `ls` opens to list).
+    let listed = sh("ls /proc/self/fd");
+    let inherited: Vec<&str> = listed.split_whitespace().collect();
+    assert_eq!(inherited, ["0", "1", "2", "3"], "{listed}");
     // The marker that made this a sandboxed test is gone from what its children inherit.
     assert!(std::env::var_os("__ISOTEST_SANDBOX").is_none());
     // stdin is /dev/null, not the host's terminal.

@@ -27,6 +27,10 @@ pub struct Config {
     pub timeout: Duration,
     /// Skip the user namespace: the sandbox's root is the host's root. No isolation boundary.
     pub privileged: bool,
+    /// A host directory that holds the overlay's writable layer (`upper/`, with overlayfs'
+    /// `work/` beside it) instead of the scratch tmpfs, so that what the sandbox wrote outlives
+    /// it. Writes then reach the host disk. `None` (the default) keeps nothing.
+    pub keep: Option<PathBuf>,
 }
 
 impl Config {
@@ -38,6 +42,7 @@ impl Config {
             hostname: "isotest".into(),
             timeout: DEFAULT_TIMEOUT,
             privileged: false,
+            keep: None,
         }
     }
 
@@ -75,13 +80,15 @@ impl Default for Config {
 /// The timeout from `ISOTEST_TIMEOUT`, if set.
 pub(crate) fn env_timeout() -> Result<Option<Duration>> {
     match std::env::var(ENV_TIMEOUT) {
-        Ok(v) if !v.is_empty() => validate::duration(&v)
-            .map(Some)
-            .map_err(|problem| Error::InvalidOption {
-                option: "ISOTEST_TIMEOUT",
-                value: v,
-                problem,
-            }),
+        Ok(v) if !v.is_empty() => {
+            validate::duration(&v)
+                .map(Some)
+                .map_err(|problem| Error::InvalidOption {
+                    option: "ISOTEST_TIMEOUT",
+                    value: v,
+                    problem,
+                })
+        }
         _ => Ok(None),
     }
 }

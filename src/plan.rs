@@ -16,6 +16,8 @@ pub const UPPER: &str = "/tmp/upper";
 pub const WORK: &str = "/tmp/work";
 /// The new root, pivoted into before the test body runs.
 pub const NEW_ROOT: &str = "/tmp/root";
+/// Where a kept upper layer's host directory is bound (see [`Input::keep`]).
+pub const KEEP: &str = "/tmp/keep";
 
 /// Mount flags, as in mount(2).
 pub mod flags {
@@ -99,6 +101,11 @@ pub enum Step {
     LoopbackUp,
     /// `chdir(new_root)`, `pivot_root(".", ".")`, `umount2(".", MNT_DETACH)`, `chdir("/")`.
     Pivot(String),
+    /// `chdir(path)`: the working directory the program starts in (after the pivot).
+    Chdir(String),
+    /// `setsid()`, `ioctl(fd, TIOCSCTTY, 0)`: the terminal on `fd` (a pty slave the supervisor
+    /// opened) becomes the sandbox's controlling terminal.
+    ControllingTerminal(i32),
 }
 
 impl fmt::Display for Step {
@@ -138,6 +145,8 @@ impl fmt::Display for Step {
             Step::Hostname(name) => write!(f, "sethostname({name:?})"),
             Step::LoopbackUp => write!(f, "ioctl(\"lo\", SIOCSIFFLAGS, IFF_UP)"),
             Step::Pivot(root) => write!(f, "pivot_root({root:?}, {root:?})"),
+            Step::Chdir(path) => write!(f, "chdir({path:?})"),
+            Step::ControllingTerminal(fd) => write!(f, "ioctl({fd}, TIOCSCTTY)"),
         }
     }
 }
@@ -155,6 +164,9 @@ pub struct Input {
     pub userns: bool,
     /// The group `tty` (gid 5) is mapped inside, so devpts can use it.
     pub tty_gid_mapped: bool,
+    /// A host directory (and the fd number reserved for it) that holds the overlay's upper
+    /// and work dirs instead of the scratch tmpfs, so the writable layer outlives the sandbox.
+    pub keep: Option<(String, i32)>,
 }
 
 /// The device nodes bound from the host into the sandbox's `/dev`.
@@ -167,15 +179,14 @@ pub const PROC_READONLY: [&str; 2] = ["sys", "sysrq-trigger"];
 pub fn plan(input: &Input) -> Vec<Step> {
     let mut steps = Vec::with_capacity(48);
     let root = |p: &str| format!("{NEW_ROOT}{p}");
-    let mount = |source: &str, target: String, fstype: &str, flags: u64, data: Option<&str>| {
-        Step::Mount {
+    let mount =
+        |source: &str, target: String, fstype: &str, flags: u64, data: Option<&str>| Step::Mount {
             source: source.into(),
             target,
             fstype: Some(fstype.into()),
             flags,
             data: data.map(Into::into),
-        }
-    };
+        };
     use flags::*;
 
     // Nothing mounted from here on propagates back to the host.
@@ -191,29 +202,72 @@ pub fn plan(input: &Input) -> Vec<Step> {
         path: input.lower.clone(),
         fd: input.lower_fd,
     });
+    if let Some((path, fd)) = &input.keep {
+        steps.push(Step::Open {
+            path: path.clone(),
+            fd: *fd,
+        });
+    }
     // The scratch tmpfs: upper and work dirs of the overlay, and the new root's mount point.
-    steps.push(mount("isotest", SCRATCH.into(), "tmpfs", NOSUID | NODEV, Some("mode=0755")));
-    for dir in [UPPER, WORK, NEW_ROOT] {
+    steps.push(mount(
+        "isotest",
+        SCRATCH.into(),
+        "tmpfs",
+        NOSUID | NODEV,
+        Some("mode=0755"),
+    ));
+    let (upper, work) = match &input.keep {
+        None => (UPPER.to_string(), WORK.to_string()),
+        Some((_, fd)) => {
+            // The kept layer: upper and work must share a file system, so both live in the
+            // host directory, bound here.
+            steps.push(Step::Mkdir {
+                path: KEEP.into(),
+                mode: 0o755,
+            });
+            steps.push(Step::Bind {
+                source: format!("/proc/self/fd/{fd}"),
+                target: KEEP.into(),
+                recursive: false,
+                readonly: false,
+                optional: false,
+            });
+            (format!("{KEEP}/upper"), format!("{KEEP}/work"))
+        }
+    };
+    for dir in [upper.as_str(), work.as_str(), NEW_ROOT] {
         steps.push(Step::Mkdir {
             path: dir.into(),
             mode: 0o755,
         });
     }
     let mut overlay = format!(
-        "lowerdir=/proc/self/fd/{},upperdir={UPPER},workdir={WORK}",
+        "lowerdir=/proc/self/fd/{},upperdir={upper},workdir={work}",
         input.lower_fd
     );
     if input.userns {
         overlay.push_str(",userxattr");
     }
-    steps.push(mount("overlay", NEW_ROOT.into(), "overlay", 0, Some(&overlay)));
+    steps.push(mount(
+        "overlay",
+        NEW_ROOT.into(),
+        "overlay",
+        0,
+        Some(&overlay),
+    ));
 
     // /proc: the sandbox's own processes; kernel knobs read-only.
     steps.push(Step::Mkdir {
         path: root("/proc"),
         mode: 0o555,
     });
-    steps.push(mount("proc", root("/proc"), "proc", NOSUID | NODEV | NOEXEC, None));
+    steps.push(mount(
+        "proc",
+        root("/proc"),
+        "proc",
+        NOSUID | NODEV | NOEXEC,
+        None,
+    ));
     for p in PROC_READONLY {
         let target = root(&format!("/proc/{p}"));
         steps.push(Step::Bind {
@@ -244,7 +298,13 @@ pub fn plan(input: &Input) -> Vec<Step> {
         path: root("/dev"),
         mode: 0o755,
     });
-    steps.push(mount("tmpfs", root("/dev"), "tmpfs", NOSUID | NOEXEC, Some("mode=0755")));
+    steps.push(mount(
+        "tmpfs",
+        root("/dev"),
+        "tmpfs",
+        NOSUID | NOEXEC,
+        Some("mode=0755"),
+    ));
     for dev in DEVICES {
         let target = root(&format!("/dev/{dev}"));
         steps.push(Step::Touch {
@@ -267,7 +327,13 @@ pub fn plan(input: &Input) -> Vec<Step> {
     } else {
         "newinstance,ptmxmode=0666,mode=0620"
     };
-    steps.push(mount("devpts", root("/dev/pts"), "devpts", NOSUID | NOEXEC, Some(pts)));
+    steps.push(mount(
+        "devpts",
+        root("/dev/pts"),
+        "devpts",
+        NOSUID | NOEXEC,
+        Some(pts),
+    ));
     steps.push(Step::Symlink {
         target: "pts/ptmx".into(),
         link: root("/dev/ptmx"),
@@ -300,7 +366,13 @@ pub fn plan(input: &Input) -> Vec<Step> {
         path: root("/tmp"),
         mode: 0o1777,
     });
-    steps.push(mount("tmpfs", root("/tmp"), "tmpfs", NOSUID | NODEV, Some("mode=1777")));
+    steps.push(mount(
+        "tmpfs",
+        root("/tmp"),
+        "tmpfs",
+        NOSUID | NODEV,
+        Some("mode=1777"),
+    ));
 
     steps.push(Step::Hostname(input.hostname.clone()));
     steps.push(Step::LoopbackUp);
@@ -318,6 +390,7 @@ mod tests {
             hostname: "web1".into(),
             userns,
             tty_gid_mapped: true,
+            keep: None,
         }
     }
 
@@ -334,8 +407,10 @@ mod tests {
     #[test]
     fn starts_private_then_scratch_then_overlay() {
         let steps = plan(&input(true));
-        assert!(matches!(&steps[0], Step::Mount { target, flags, fstype: None, .. }
-            if target == "/" && *flags == flags::REC_PRIVATE));
+        assert!(
+            matches!(&steps[0], Step::Mount { target, flags, fstype: None, .. }
+            if target == "/" && *flags == flags::REC_PRIVATE)
+        );
         assert_eq!(
             steps[1],
             Step::Open {
@@ -343,12 +418,18 @@ mod tests {
                 fd: 7
             }
         );
-        assert!(matches!(&steps[2], Step::Mount { target, fstype: Some(t), .. }
-            if target == SCRATCH && t == "tmpfs"));
+        assert!(
+            matches!(&steps[2], Step::Mount { target, fstype: Some(t), .. }
+            if target == SCRATCH && t == "tmpfs")
+        );
         let overlay = steps
             .iter()
             .find_map(|s| match s {
-                Step::Mount { fstype: Some(t), data, .. } if t == "overlay" => data.clone(),
+                Step::Mount {
+                    fstype: Some(t),
+                    data,
+                    ..
+                } if t == "overlay" => data.clone(),
                 _ => None,
             })
             .unwrap();
@@ -371,10 +452,24 @@ mod tests {
         assert_eq!(t[0], "/");
         assert_eq!(t[1], SCRATCH);
         for target in &t[2..] {
-            assert!(target.starts_with(NEW_ROOT), "{target} outside the new root");
+            assert!(
+                target.starts_with(NEW_ROOT),
+                "{target} outside the new root"
+            );
         }
-        for want in ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/tmp", "/dev/null"] {
-            assert!(t.contains(&format!("{NEW_ROOT}{want}")), "{want} not mounted");
+        for want in [
+            "/proc",
+            "/sys",
+            "/dev",
+            "/dev/pts",
+            "/dev/shm",
+            "/tmp",
+            "/dev/null",
+        ] {
+            assert!(
+                t.contains(&format!("{NEW_ROOT}{want}")),
+                "{want} not mounted"
+            );
         }
     }
 
@@ -383,9 +478,13 @@ mod tests {
         let steps = plan(&input(true));
         for p in ["/proc/sys", "/proc/sysrq-trigger"] {
             let target = format!("{NEW_ROOT}{p}");
-            assert!(steps.iter().any(|s| matches!(s, Step::Bind { target: t, readonly: true, .. } if *t == target)));
+            assert!(steps.iter().any(
+                |s| matches!(s, Step::Bind { target: t, readonly: true, .. } if *t == target)
+            ));
         }
-        assert!(steps.iter().any(|s| matches!(s, Step::Mount { fstype: Some(t), flags, .. }
+        assert!(steps
+            .iter()
+            .any(|s| matches!(s, Step::Mount { fstype: Some(t), flags, .. }
             if t == "sysfs" && flags & flags::RDONLY != 0)));
     }
 
@@ -394,7 +493,9 @@ mod tests {
         let mut i = input(true);
         i.tty_gid_mapped = false;
         assert!(!plan(&i).iter().any(|s| s.to_string().contains("gid=5")));
-        assert!(plan(&input(true)).iter().any(|s| s.to_string().contains("gid=5")));
+        assert!(plan(&input(true))
+            .iter()
+            .any(|s| s.to_string().contains("gid=5")));
     }
 
     #[test]
@@ -406,6 +507,27 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_upper_lives_in_the_bound_host_directory() {
+        let mut i = input(true);
+        i.keep = Some(("/srv/keep".into(), 8));
+        let steps = plan(&i);
+        assert_eq!(
+            steps[2],
+            Step::Open {
+                path: "/srv/keep".into(),
+                fd: 8
+            }
+        );
+        assert!(steps
+            .iter()
+            .any(|s| matches!(s, Step::Bind { source, target, .. }
+            if source == "/proc/self/fd/8" && target == KEEP)));
+        assert!(steps.iter().any(|s| s
+            .to_string()
+            .contains("upperdir=/tmp/keep/upper,workdir=/tmp/keep/work,userxattr")));
+    }
+
+    #[test]
     fn steps_describe_themselves_like_the_call() {
         let s = Step::Bind {
             source: "/dev/null".into(),
@@ -414,6 +536,9 @@ mod tests {
             readonly: false,
             optional: false,
         };
-        assert_eq!(s.to_string(), "mount(\"/dev/null\", \"/tmp/root/dev/null\", MS_BIND)");
+        assert_eq!(
+            s.to_string(),
+            "mount(\"/dev/null\", \"/tmp/root/dev/null\", MS_BIND)"
+        );
     }
 }

@@ -62,6 +62,11 @@ pub fn spawn(
 ) -> Result<Spawned> {
     // Reserve an fd number for the lower layer; the child opens the layer onto it.
     let lower_fd = sys::open(Path::new("/dev/null"), libc::O_RDONLY)?;
+    // And one for a kept upper layer's host directory.
+    let keep_fd = match &config.keep {
+        Some(_) => Some(sys::open(Path::new("/dev/null"), libc::O_RDONLY)?),
+        None => None,
+    };
     let root = sys::ids().0 == 0;
     let userns = !config.privileged;
     let mut steps = plan::plan(&plan::Input {
@@ -70,6 +75,11 @@ pub fn spawn(
         hostname: config.hostname.clone(),
         userns,
         tty_gid_mapped: root,
+        keep: config
+            .keep
+            .as_ref()
+            .zip(keep_fd.as_ref())
+            .map(|(path, fd)| (path.to_string_lossy().into_owned(), fd.as_raw_fd())),
     });
     steps.extend(extra_steps);
     let (supervisor_channel, child_channel) = sys::socketpair()?;
@@ -86,10 +96,15 @@ pub fn spawn(
         keep_channel,
         new_session: true,
     };
-    let flags = NAMESPACES | if userns { libc::CLONE_NEWUSER as u64 } else { 0 };
+    let flags = NAMESPACES
+        | if userns {
+            libc::CLONE_NEWUSER as u64
+        } else {
+            0
+        };
     let (pid, pidfd) = sys::clone3(flags, &prepared, sandbox::child_main)?;
     // The child has its own copies; close ours so EOF means the child is gone.
-    drop((child_channel, stdio, lower_fd));
+    drop((child_channel, stdio, lower_fd, keep_fd));
     let spawned = Spawned {
         pid,
         pidfd,
@@ -121,7 +136,10 @@ fn handshake(s: &Spawned, userns: bool, root: bool) -> Result<()> {
         let (uid_map, gid_map) = if root {
             // Identity over the full range: files keep their owners, tools that switch users
             // work, and the test's root holds its capabilities only inside.
-            ("0 0 4294967295\n".to_string(), "0 0 4294967295\n".to_string())
+            (
+                "0 0 4294967295\n".to_string(),
+                "0 0 4294967295\n".to_string(),
+            )
         } else {
             sys::write_file(&format!("/proc/{}/setgroups", s.pid), "deny\n")?;
             (format!("0 {uid} 1\n"), format!("0 {gid} 1\n"))
@@ -242,12 +260,7 @@ impl Relay {
 
 /// Supervises a sandboxed test: relays its output, reads its reports, enforces `timeout`,
 /// and reaps it.
-pub fn supervise(
-    s: Spawned,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    timeout: Duration,
-) -> Result<Ended> {
+pub fn supervise(s: Spawned, stdout: OwnedFd, stderr: OwnedFd, timeout: Duration) -> Result<Ended> {
     let deadline = Instant::now() + timeout;
     let mut out = Relay::new(stdout, false)?;
     let mut err = Relay::new(stderr, true)?;
@@ -376,5 +389,10 @@ pub fn test_exec(test: &str, channel: RawFd) -> Result<ExecSpec> {
         })
         .collect::<Result<_>>()?;
     envp.push(c(format!("{ENV_SANDBOX}={channel}").as_bytes())?);
-    Ok(ExecSpec::new(Some(exe.as_raw_fd()), path.clone(), argv, envp))
+    Ok(ExecSpec::new(
+        Some(exe.as_raw_fd()),
+        path.clone(),
+        argv,
+        envp,
+    ))
 }

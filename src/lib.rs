@@ -13,16 +13,18 @@
 //! ```
 #![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
+mod command;
 pub mod config;
 pub mod error;
 pub mod plan;
 pub mod rootfs;
 pub mod sandbox;
 pub mod spawn;
-mod test;
 mod sys;
+mod test;
 mod validate;
 
+pub use command::{Child, Command, ExitStatus, Output, Sandbox, Stdio, DEFAULT_PATH};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use isotest_macros::isolated;

@@ -13,8 +13,10 @@
 //! ```
 #![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
+pub mod cli;
 mod command;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod plan;
 pub mod rootfs;

@@ -18,6 +18,7 @@ mod command;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod harness;
 pub mod plan;
 pub mod rootfs;
 pub mod sandbox;

@@ -1,5 +1,8 @@
 //! Integration tests: one binary, one module per area.
 
+mod cli;
+mod command;
+
 #[test]
 fn smoke() {
     isotest::__private::run(
@@ -11,7 +14,10 @@ fn smoke() {
         },
         || {
             println!("hello from inside pid={}", std::process::id());
-            println!("{}", std::fs::read_to_string("/proc/self/mountinfo").unwrap());
+            println!(
+                "{}",
+                std::fs::read_to_string("/proc/self/mountinfo").unwrap()
+            );
             println!("{}", std::fs::read_to_string("/etc/os-release").unwrap());
             assert_eq!(std::process::id(), 1);
         },

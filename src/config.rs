@@ -29,6 +29,10 @@ pub struct Config {
     pub privileged: bool,
     /// Host paths bound into the sandbox.
     pub binds: Vec<Bind>,
+    /// A host directory that holds the overlay's writable layer (`upper/`, with overlayfs'
+    /// `work/` beside it) instead of the scratch tmpfs, so that what the sandbox wrote outlives
+    /// it. Writes then reach the host disk. `None` (the default) keeps nothing.
+    pub keep: Option<PathBuf>,
 }
 
 /// One bind mount: a host path made visible at a path inside the sandbox.
@@ -89,6 +93,7 @@ impl Config {
             timeout: DEFAULT_TIMEOUT,
             privileged: false,
             binds: Vec::new(),
+            keep: None,
         }
     }
 

@@ -72,6 +72,20 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The program of a [`Command`](crate::Command) could not be executed in the sandbox.
+    #[error(
+        "cannot execute {program:?} in root filesystem {rootfs:?}: {errno}; the program is looked \
+         up inside the root filesystem, not on the host"
+    )]
+    Exec {
+        /// The program as given.
+        program: String,
+        /// The root filesystem spec it was looked up in.
+        rootfs: String,
+        /// Why `execve` failed (`ENOENT` when it is not there).
+        errno: Errno,
+    },
+
     /// The sandbox did not finish in time.
     #[error("timed out after {}", crate::config::format_duration(*.0))]
     Timeout(Duration),

@@ -13,9 +13,13 @@
 //! ```
 #![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
+pub mod cli;
+mod command;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod fixtures;
+pub mod harness;
 pub mod plan;
 pub mod preflight;
 pub mod rootfs;
@@ -26,6 +30,7 @@ mod teardown;
 mod test;
 mod validate;
 
+pub use command::{Child, Command, ExitStatus, Output, Sandbox, Stdio, DEFAULT_PATH};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use isotest_macros::isolated;

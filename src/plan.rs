@@ -19,6 +19,8 @@ pub const NEW_ROOT: &str = "/tmp/root";
 /// A read-only bind of the lower layer, for the teardown checks to tell a created path from a
 /// modified one.
 pub const LOWER: &str = "/tmp/lower";
+/// Where a kept upper layer's host directory is bound (see [`Input::keep`]).
+pub const KEEP: &str = "/tmp/keep";
 
 /// Mount flags, as in mount(2).
 pub mod flags {
@@ -109,6 +111,11 @@ pub enum Step {
     LoopbackUp,
     /// `chdir(new_root)`, `pivot_root(".", ".")`, `umount2(".", MNT_DETACH)`, `chdir("/")`.
     Pivot(String),
+    /// `chdir(path)`: the working directory the program starts in (after the pivot).
+    Chdir(String),
+    /// `setsid()`, `ioctl(fd, TIOCSCTTY, 0)`: the terminal on `fd` (a pty slave the supervisor
+    /// opened) becomes the sandbox's controlling terminal.
+    ControllingTerminal(i32),
 }
 
 impl fmt::Display for Step {
@@ -149,6 +156,8 @@ impl fmt::Display for Step {
             Step::Hostname(name) => write!(f, "sethostname({name:?})"),
             Step::LoopbackUp => write!(f, "ioctl(\"lo\", SIOCSIFFLAGS, IFF_UP)"),
             Step::Pivot(root) => write!(f, "pivot_root({root:?}, {root:?})"),
+            Step::Chdir(path) => write!(f, "chdir({path:?})"),
+            Step::ControllingTerminal(fd) => write!(f, "ioctl({fd}, TIOCSCTTY)"),
         }
     }
 }
@@ -168,6 +177,9 @@ pub struct Input {
     pub tty_gid_mapped: bool,
     /// The requested bind mounts.
     pub binds: Vec<BindInput>,
+    /// A host directory (and the fd number reserved for it) that holds the overlay's upper
+    /// and work dirs instead of the scratch tmpfs, so the writable layer outlives the sandbox.
+    pub keep: Option<(String, i32)>,
 }
 
 /// One bind mount as the plan needs it.
@@ -231,6 +243,12 @@ pub fn plan(input: &Input) -> Vec<Step> {
             fd: bind.fd,
         });
     }
+    if let Some((path, fd)) = &input.keep {
+        steps.push(Step::Open {
+            path: path.clone(),
+            fd: *fd,
+        });
+    }
     // The scratch tmpfs: upper and work dirs of the overlay, and the new root's mount point.
     steps.push(mount(
         "isotest",
@@ -239,7 +257,26 @@ pub fn plan(input: &Input) -> Vec<Step> {
         NOSUID | NODEV,
         Some("mode=0755"),
     ));
-    for dir in [UPPER, WORK, NEW_ROOT, LOWER] {
+    let (upper, work) = match &input.keep {
+        None => (UPPER.to_string(), WORK.to_string()),
+        Some((_, fd)) => {
+            // The kept layer: upper and work must share a file system, so both live in the
+            // host directory, bound here.
+            steps.push(Step::Mkdir {
+                path: KEEP.into(),
+                mode: 0o755,
+            });
+            steps.push(Step::Bind {
+                source: format!("/proc/self/fd/{fd}"),
+                target: KEEP.into(),
+                recursive: false,
+                readonly: false,
+                optional: false,
+            });
+            (format!("{KEEP}/upper"), format!("{KEEP}/work"))
+        }
+    };
+    for dir in [upper.as_str(), work.as_str(), NEW_ROOT, LOWER] {
         steps.push(Step::Mkdir {
             path: dir.into(),
             mode: 0o755,
@@ -253,7 +290,7 @@ pub fn plan(input: &Input) -> Vec<Step> {
         optional: false,
     });
     let mut overlay = format!(
-        "lowerdir=/proc/self/fd/{},upperdir={UPPER},workdir={WORK}",
+        "lowerdir=/proc/self/fd/{},upperdir={upper},workdir={work}",
         input.lower_fd
     );
     if input.userns {
@@ -443,6 +480,7 @@ mod tests {
             userns,
             tty_gid_mapped: true,
             binds: Vec::new(),
+            keep: None,
         }
     }
 

@@ -79,6 +79,10 @@ pub enum CStep {
     LoopbackUp,
     /// See [`Step::Pivot`].
     Pivot(CString),
+    /// See [`Step::Chdir`].
+    Chdir(CString),
+    /// See [`Step::ControllingTerminal`].
+    ControllingTerminal(RawFd),
 }
 
 fn c(s: &str) -> Result<CString> {
@@ -126,6 +130,8 @@ pub fn compile(steps: &[Step]) -> Result<Vec<CStep>> {
                 Step::Hostname(name) => CStep::Hostname(c(name)?),
                 Step::LoopbackUp => CStep::LoopbackUp,
                 Step::Pivot(root) => CStep::Pivot(c(root)?),
+                Step::Chdir(path) => CStep::Chdir(c(path)?),
+                Step::ControllingTerminal(fd) => CStep::ControllingTerminal(*fd),
             })
         })
         .collect()
@@ -182,6 +188,9 @@ fn apply(step: &CStep) -> std::result::Result<(), i32> {
             // Leave no working directory in what was the old root.
             raw::chdir(c"/")
         }
+        CStep::Chdir(path) => raw::chdir(path),
+        // A new session without a terminal, then the pty slave becomes its terminal.
+        CStep::ControllingTerminal(fd) => raw::setsid_tiocsctty(*fd),
     }
 }
 

@@ -77,6 +77,11 @@ pub fn spawn(
         });
         bind_fds.push(fd);
     }
+    // And one for a kept upper layer's host directory.
+    let keep_fd = match &config.keep {
+        Some(_) => Some(sys::open(Path::new("/dev/null"), libc::O_RDONLY)?),
+        None => None,
+    };
     let root = sys::ids().0 == 0;
     let userns = !config.privileged;
     let mut steps = plan::plan(&plan::Input {
@@ -86,6 +91,11 @@ pub fn spawn(
         userns,
         tty_gid_mapped: root,
         binds,
+        keep: config
+            .keep
+            .as_ref()
+            .zip(keep_fd.as_ref())
+            .map(|(path, fd)| (path.to_string_lossy().into_owned(), fd.as_raw_fd())),
     });
     steps.extend(extra_steps);
     let (supervisor_channel, child_channel) = sys::socketpair()?;
@@ -110,7 +120,7 @@ pub fn spawn(
         };
     let (pid, pidfd) = sys::clone3(flags, &prepared, sandbox::child_main)?;
     // The child has its own copies; close ours so EOF means the child is gone.
-    drop((child_channel, stdio, lower_fd, bind_fds));
+    drop((child_channel, stdio, lower_fd, bind_fds, keep_fd));
     let spawned = Spawned {
         pid,
         pidfd,

@@ -195,6 +195,7 @@ pub fn signal_name(sig: i32) -> &'static str {
         libc::SIGUSR1 => "SIGUSR1",
         libc::SIGUSR2 => "SIGUSR2",
         libc::SIGSYS => "SIGSYS",
+        libc::SIGWINCH => "SIGWINCH",
         _ => "unknown signal",
     }
 }
@@ -610,6 +611,15 @@ pub mod raw {
         }
     }
 
+    /// `setsid()`, then `ioctl(fd, TIOCSCTTY, 0)`: `fd` (a terminal) becomes the controlling
+    /// terminal of the new session.
+    pub fn setsid_tiocsctty(fd: RawFd) -> R {
+        // SAFETY: plain syscalls; setsid fails harmlessly when already a session leader.
+        unsafe { libc::setsid() };
+        // SAFETY: TIOCSCTTY takes an int argument.
+        check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } as _)
+    }
+
     /// `setsid()`.
     pub fn setsid() {
         // SAFETY: plain syscall; failure (already a leader) is harmless.
@@ -719,4 +729,138 @@ pub fn waitpid(pid: libc::pid_t) -> Result<Exit> {
     } else {
         Exit::Signal(libc::WTERMSIG(status))
     })
+}
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, 0)`: a new fd for the same open file.
+pub fn dup(fd: RawFd) -> Result<OwnedFd> {
+    // SAFETY: plain fcntl; the new fd is owned by nobody else.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(fail(format!("fcntl({fd}, F_DUPFD_CLOEXEC)")));
+    }
+    // SAFETY: new is a fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// `isatty(fd)`.
+pub fn isatty(fd: RawFd) -> bool {
+    // SAFETY: plain libc call on an fd number.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// `posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC)`: a new pseudo-terminal master.
+pub fn posix_openpt() -> Result<OwnedFd> {
+    // SAFETY: plain libc call.
+    let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(fail("posix_openpt(O_RDWR | O_NOCTTY)"));
+    }
+    // SAFETY: fd is new.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `grantpt(master)`.
+pub fn grantpt(master: &OwnedFd) -> Result<()> {
+    // SAFETY: plain libc call on a pty master.
+    if unsafe { libc::grantpt(master.as_raw_fd()) } != 0 {
+        return Err(fail("grantpt"));
+    }
+    Ok(())
+}
+
+/// `unlockpt(master)`.
+pub fn unlockpt(master: &OwnedFd) -> Result<()> {
+    // SAFETY: plain libc call on a pty master.
+    if unsafe { libc::unlockpt(master.as_raw_fd()) } != 0 {
+        return Err(fail("unlockpt"));
+    }
+    Ok(())
+}
+
+/// `ptsname_r(master)`: the path of the pty's slave side.
+pub fn ptsname(master: &OwnedFd) -> Result<std::path::PathBuf> {
+    let mut buf = [0 as libc::c_char; 128];
+    // SAFETY: buf is valid for writes of its length.
+    let r = unsafe { libc::ptsname_r(master.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+    if r != 0 {
+        return Err(Error::Sys {
+            call: "ptsname_r".into(),
+            errno: Errno(r),
+        });
+    }
+    // SAFETY: ptsname_r wrote a NUL-terminated string into buf.
+    let name = unsafe { CStr::from_ptr(buf.as_ptr()) };
+    Ok(std::path::PathBuf::from(
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.to_bytes()),
+    ))
+}
+
+/// `tcgetattr(fd)`.
+pub fn tcgetattr(fd: RawFd) -> Result<libc::termios> {
+    // SAFETY: a zeroed termios is a valid out-parameter.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
+        return Err(fail(format!("tcgetattr({fd})")));
+    }
+    Ok(t)
+}
+
+/// `tcsetattr(fd, TCSADRAIN, t)`.
+pub fn tcsetattr(fd: RawFd, t: &libc::termios) -> Result<()> {
+    // SAFETY: valid termios.
+    if unsafe { libc::tcsetattr(fd, libc::TCSADRAIN, t) } != 0 {
+        return Err(fail(format!("tcsetattr({fd}, TCSADRAIN)")));
+    }
+    Ok(())
+}
+
+/// `cfmakeraw(t)`: no echo, no line editing, no signals from keys, 8-bit bytes.
+pub fn cfmakeraw(t: &mut libc::termios) {
+    // SAFETY: valid termios.
+    unsafe { libc::cfmakeraw(t) }
+}
+
+/// `ioctl(fd, TIOCGWINSZ)`: the terminal's window size.
+pub fn ioctl_tiocgwinsz(fd: RawFd) -> Result<libc::winsize> {
+    // SAFETY: a zeroed winsize is a valid out-parameter.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer for TIOCGWINSZ.
+    if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } != 0 {
+        return Err(fail(format!("ioctl({fd}, TIOCGWINSZ)")));
+    }
+    Ok(ws)
+}
+
+/// `ioctl(fd, TIOCSWINSZ, ws)`: sets the window size (the pty sends SIGWINCH to its
+/// foreground process group).
+pub fn ioctl_tiocswinsz(fd: RawFd, ws: &libc::winsize) -> Result<()> {
+    // SAFETY: valid winsize for TIOCSWINSZ.
+    if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, ws) } != 0 {
+        return Err(fail(format!("ioctl({fd}, TIOCSWINSZ)")));
+    }
+    Ok(())
+}
+
+/// `pthread_sigmask(SIG_BLOCK, {sig})` for the calling thread, then `signalfd({sig})`: the
+/// signal arrives as a readable fd instead of interrupting.
+pub fn signalfd(sig: libc::c_int) -> Result<OwnedFd> {
+    // SAFETY: sigset operations on a local set; pthread_sigmask on the calling thread.
+    let fd = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(fail(format!(
+                "pthread_sigmask(SIG_BLOCK, {})",
+                signal_name(sig)
+            )));
+        }
+        libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+    };
+    if fd < 0 {
+        return Err(fail(format!("signalfd({})", signal_name(sig))));
+    }
+    // SAFETY: fd is new.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -8,7 +8,7 @@ use isotest::rootfs::{self, cache};
 
 /// Run tests in fresh Linux namespaces on a copy-on-write root filesystem.
 #[derive(Debug, Parser)]
-#[command(name = "isotest", version)]
+#[command(name = "isotest", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,6 +16,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a program from a root filesystem in a fresh sandbox
+    Run(isotest::cli::RunArgs),
+    /// Check that this machine can run sandboxes, and say how to fix what is missing
+    Doctor(isotest::doctor::DoctorArgs),
     /// Manage the root filesystems sandboxes start from.
     #[command(subcommand)]
     Rootfs(RootfsCommand),
@@ -66,6 +70,8 @@ struct PruneArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => std::process::exit(isotest::cli::run(args)),
+        Command::Doctor(args) => std::process::exit(isotest::doctor::main(args)),
         Command::Rootfs(cmd) => rootfs_command(cmd),
     };
     match result {

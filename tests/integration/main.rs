@@ -2,6 +2,8 @@
 //! namespaces; set `ISOTEST_ROOTFS` to a root filesystem (the README says how).
 
 mod binds;
+mod cli;
+mod command;
 mod core;
 mod fixtures;
 mod rootfs;

@@ -1,0 +1,267 @@
+//! The `isotest` command line, run as a real process.
+
+use std::io::{Read, Write};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn isotest(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_isotest"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn run_passes_output_and_exit_code_through() {
+    let out = isotest(&[
+        "run",
+        "--hostname",
+        "cli-host",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo $$ $(hostname); echo e >&2; exit 7",
+    ]);
+    assert_eq!(text(&out.stdout), "1 cli-host\n");
+    assert_eq!(text(&out.stderr), "e\n");
+    assert_eq!(out.status.code(), Some(7));
+}
+
+#[test]
+fn run_sets_env_and_binds() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    std::fs::write(dir.path().join("f"), "from host\n").unwrap();
+    let bind = format!("{}:/mnt/host:ro", dir.path().display());
+    let out = isotest(&[
+        "run",
+        "--env",
+        "GREETING=hi",
+        "--bind",
+        &bind,
+        "--cwd",
+        "/mnt/host",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo $GREETING; cat f; touch g 2>/dev/null || echo read-only",
+    ]);
+    assert_eq!(
+        text(&out.stdout),
+        "hi\nfrom host\nread-only\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn run_reports_a_missing_program_with_status_125() {
+    let out = isotest(&["run", "--", "no-such-program"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("\"no-such-program\"") && err.contains("root filesystem"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_times_out_with_status_124() {
+    let out = isotest(&["run", "--timeout", "300ms", "--", "sleep", "30"]);
+    assert_eq!(out.status.code(), Some(124));
+    assert!(
+        text(&out.stderr).contains("timed out after 300ms"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn run_rejects_bad_values_naming_them() {
+    for (args, bad) in [
+        (&["run", "--bind", "nocolon", "--", "true"][..], "nocolon"),
+        (&["run", "--bind", "/a:/b:rx", "--", "true"][..], "rx"),
+        (&["run", "--timeout", "0s", "--", "true"][..], "0s"),
+        (&["run", "--timeout", "30", "--", "true"][..], "no unit"),
+        (
+            &["run", "--hostname", "bad_name", "--", "true"][..],
+            "bad_name",
+        ),
+        (&["run", "--env", "novalue", "--", "true"][..], "novalue"),
+        (&["run"][..], "PROGRAM"),
+    ] {
+        let out = isotest(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(bad), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn run_keep_writes_the_upper_layer_to_the_directory() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let keep = dir.path().join("changes");
+    let out = isotest(&[
+        "run",
+        "--keep",
+        keep.to_str().unwrap(),
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo kept > /etc/kept && rm /etc/hostname",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(keep.join("upper/etc/kept")).unwrap(),
+        "kept\n"
+    );
+    // A deletion is a whiteout: a 0/0 character device.
+    let ft = std::fs::symlink_metadata(keep.join("upper/etc/hostname"))
+        .unwrap()
+        .file_type();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&ft));
+    assert!(
+        !keep.join("work").exists(),
+        "overlayfs' work dir left behind"
+    );
+}
+
+#[test]
+fn help_describes_each_command() {
+    let out = isotest(&["--help"]);
+    let help = text(&out.stdout);
+    assert!(help.contains("run") && help.contains("doctor"), "{help}");
+    let out = isotest(&["run", "--help"]);
+    let help = text(&out.stdout);
+    for want in [
+        "--rootfs",
+        "--hostname",
+        "--bind",
+        "SRC:DST[:ro|rw]",
+        "--env",
+        "--timeout",
+        "--keep",
+        "PROGRAM",
+        "128+N",
+    ] {
+        assert!(help.contains(want), "run --help lacks {want}:\n{help}");
+    }
+    assert!(text(&isotest(&["doctor", "--help"]).stdout).contains("fix"));
+}
+
+#[test]
+fn doctor_checks_this_machine() {
+    let out = isotest(&["doctor"]);
+    let report = text(&out.stdout);
+    for want in [
+        "kernel",
+        "user namespaces",
+        "overlayfs",
+        "pivot_root",
+        "sandbox in a user namespace",
+        "rootfs builder",
+        "cache",
+    ] {
+        assert!(
+            report.lines().any(|l| l.contains(want)),
+            "no {want} line:\n{report}"
+        );
+    }
+    // This machine runs sandboxes (every other test here needs it).
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(
+        report
+            .lines()
+            .all(|l| l.starts_with("ok") || l.starts_with("warn")),
+        "{report}"
+    );
+}
+
+#[test]
+fn doctor_names_the_cache_directory() {
+    let out = Command::new(env!("CARGO_BIN_EXE_isotest"))
+        .arg("doctor")
+        .env("ISOTEST_CACHE", "/nonexistent/isotest-cache")
+        .output()
+        .unwrap();
+    assert!(text(&out.stdout).contains("/nonexistent/isotest-cache (not created yet)"));
+}
+
+/// Everything the pty master has produced so far.
+struct Screen(Arc<Mutex<Vec<u8>>>);
+
+impl Screen {
+    fn wait_for(&self, want: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let seen = text(&self.0.lock().unwrap());
+            if seen.contains(want) || start.elapsed() > timeout {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn run_is_interactive_on_a_terminal() {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isotest"))
+        .args(["run", "--hostname", "pty-host", "--", "/bin/bash"])
+        .env("TERM", "dumb")
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let mut reader = master.try_clone().unwrap();
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let sink = buf.clone();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&b[..n]);
+        }
+    });
+    let screen = Screen(buf);
+    let t = Duration::from_secs(20);
+    // The typed line echoes back verbatim; only the shell's answer has the expanded text.
+    master.write_all(b"echo \"h=$(hostname)\"\n").unwrap();
+    let seen = screen.wait_for("h=pty-host\r\n", t);
+    assert!(seen.contains("h=pty-host\r\n"), "{seen}");
+    master.write_all(b"echo \"p=$$\"\n").unwrap();
+    let seen = screen.wait_for("p=1\r\n", t);
+    assert!(seen.contains("p=1\r\n"), "{seen}");
+    // Ctrl-C reaches the program (bash drops the line), not isotest.
+    master.write_all(b"sleep 30\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    master.write_all(b"\x03").unwrap();
+    master.write_all(b"echo \"after=$((40+2))\"\n").unwrap();
+    let seen = screen.wait_for("after=42\r\n", t);
+    assert!(seen.contains("after=42\r\n"), "{seen}");
+    master.write_all(b"exit 3\n").unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < t,
+            "isotest did not exit:\n{}",
+            screen.wait_for("", Duration::ZERO)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(3));
+}

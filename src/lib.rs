@@ -28,6 +28,7 @@ pub mod spawn;
 mod sys;
 mod teardown;
 mod test;
+mod trace;
 mod validate;
 
 pub use command::{Child, Command, ExitStatus, Output, Sandbox, Stdio, DEFAULT_PATH};

@@ -277,11 +277,20 @@ pub fn child_main(p: &Prepared) -> ! {
         _ => raw::exit(121),
     }
     raw::reset_signals();
+    let go_ns = if crate::trace::active() {
+        crate::sys::monotonic_ns()
+    } else {
+        0
+    };
     for (i, step) in p.steps.iter().enumerate() {
         if let Err(e) = apply(step) {
             send(p.channel, msg::STEP_FAILED, e, i as u32);
             raw::exit(122);
         }
+    }
+    if crate::trace::active() {
+        let now = crate::sys::monotonic_ns();
+        crate::trace::send(p.channel, &[("go_seen", go_ns), ("mounts", now)]);
     }
     if p.new_session {
         raw::setsid();

@@ -118,7 +118,9 @@ pub fn spawn(
         } else {
             0
         };
+    crate::trace::mark("prepare");
     let (pid, pidfd) = sys::clone3(flags, &prepared, sandbox::child_main)?;
+    crate::trace::mark("clone");
     // The child has its own copies; close ours so EOF means the child is gone.
     drop((child_channel, stdio, lower_fd, bind_fds, keep_fd));
     let spawned = Spawned {
@@ -139,7 +141,7 @@ pub fn spawn(
 fn handshake(s: &Spawned, userns: bool, root: bool) -> Result<()> {
     let mut b = [0u8; 16];
     match sys::read(s.channel.as_raw_fd(), &mut b) {
-        Ok(n) if n >= 1 && b[0] == msg::READY => {}
+        Ok(n) if n >= 1 && b[0] == msg::READY => crate::trace::mark("child_ready"),
         _ => {
             let exit = sys::waitid_pidfd(&s.pidfd)?;
             return Err(Error::Child(format!(
@@ -163,6 +165,7 @@ fn handshake(s: &Spawned, userns: bool, root: bool) -> Result<()> {
         sys::write_file(&format!("/proc/{}/uid_map", s.pid), &uid_map)?;
         sys::write_file(&format!("/proc/{}/gid_map", s.pid), &gid_map)?;
     }
+    crate::trace::mark("idmap");
     sys::write_all(s.channel.as_raw_fd(), &[msg::GO]).map_err(|e| Error::Sys {
         call: "write(channel, GO)".into(),
         errno: crate::error::Errno(e),
@@ -323,6 +326,7 @@ pub fn supervise(s: Spawned, stdout: OwnedFd, stderr: OwnedFd, timeout: Duration
                         let m = &buf[..n];
                         match m[0] {
                             msg::START => {
+                                crate::trace::mark("start");
                                 // Everything libtest printed before the body is in the pipes
                                 // now (the test flushed before sending this): drop it.
                                 out.pump(&mut buf, true);
@@ -330,8 +334,13 @@ pub fn supervise(s: Spawned, stdout: OwnedFd, stderr: OwnedFd, timeout: Duration
                                 started = true;
                                 let _ = sys::write_all(ch.as_raw_fd(), &[msg::STARTED]);
                             }
-                            msg::PASS => report = Some(Report::Pass),
+                            crate::trace::MSG => crate::trace::child_marks(&buf[1..n]),
+                            msg::PASS => {
+                                crate::trace::mark("report");
+                                report = Some(Report::Pass)
+                            }
                             msg::FAIL => {
+                                crate::trace::mark("report");
                                 report = Some(Report::Fail(
                                     String::from_utf8_lossy(&buf[1..n]).into_owned(),
                                 ))
@@ -355,10 +364,12 @@ pub fn supervise(s: Spawned, stdout: OwnedFd, stderr: OwnedFd, timeout: Duration
             }
         }
         if fds[3].revents != 0 {
+            crate::trace::mark("exit");
             exited = true;
         }
     }
     let exit = sys::waitid_pidfd(&s.pidfd)?;
+    crate::trace::mark("reap");
     Ok(Ended {
         report,
         error,

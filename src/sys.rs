@@ -864,3 +864,15 @@ pub fn signalfd(sig: libc::c_int) -> Result<OwnedFd> {
     // SAFETY: fd is new.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds: one clock for the supervisor, the cloned
+/// child and the re-executed test (no time namespace). Async-signal-safe.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

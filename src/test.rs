@@ -70,7 +70,11 @@ pub(crate) fn supervise<T: Outcome>(meta: &Meta) -> T {
         }
         panic!("isotest: test `{name}`: {}", Error::from(problem));
     }
-    match run_sandboxed(meta, &name) {
+    crate::trace::begin();
+    let result = run_sandboxed(meta, &name);
+    crate::trace::mark("end");
+    crate::trace::finish(&name);
+    match result {
         Ok(Report::Pass) => T::passed(),
         // Re-raise the child's own message, so #[should_panic(expected)] matches it; the
         // child's panic hook already printed it with its location.
@@ -85,6 +89,7 @@ fn run_sandboxed(meta: &Meta, name: &str) -> Result<Report> {
         test: name.to_string(),
     })?;
     let lower = rootfs::resolve(&spec)?;
+    crate::trace::mark("resolve");
     config.resolve_binds(&lower)?;
     let host = teardown::Host::before(&lower);
     let (out_r, out_w) = sys::pipe()?;
@@ -150,6 +155,9 @@ pub(crate) struct Early {
     channel: RawFd,
     /// The pivot and the lock, or why they failed.
     setup: std::result::Result<(), String>,
+    /// When this process started its work before `main`, and when the sandbox was ready
+    /// (with `ISOTEST_TRACE_TIMING`).
+    trace: [u64; 2],
 }
 
 static EARLY: once_cell::sync::OnceCell<Option<Early>> = once_cell::sync::OnceCell::new();
@@ -174,6 +182,11 @@ fn early() -> Option<Early> {
         Some((fd, flag)) => (fd.parse().ok()?, flag == "lock"),
         None => (value.parse().ok()?, false),
     };
+    let started = if crate::trace::enabled() {
+        sys::monotonic_ns()
+    } else {
+        0
+    };
     let setup = (|| {
         // Processes the body starts must not inherit the channel.
         sys::set_cloexec(fd)?;
@@ -188,7 +201,16 @@ fn early() -> Option<Early> {
         teardown::record(layers)
     })()
     .map_err(|e| e.to_string());
-    Some(Early { channel: fd, setup })
+    let ready = if crate::trace::enabled() {
+        sys::monotonic_ns()
+    } else {
+        0
+    };
+    Some(Early {
+        channel: fd,
+        setup,
+        trace: [started, ready],
+    })
 }
 
 /// Inside the sandbox: run the body, report, and exit. The verdict never goes back to libtest
@@ -215,6 +237,10 @@ pub(crate) fn in_sandbox<T: Outcome>(meta: &Meta, early: &Early, body: impl FnOn
     }));
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
+    if crate::trace::enabled() {
+        let [started, ready] = early.trace;
+        crate::trace::send(fd, &[("exec_libtest", started), ("pivot", ready)]);
+    }
     report(msg::START, "");
     let mut ack = [0u8; 1];
     if sys::read(fd, &mut ack) != Ok(1) {
@@ -258,6 +284,10 @@ pub(crate) fn in_sandbox<T: Outcome>(meta: &Meta, early: &Early, body: impl FnOn
     };
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
+    if crate::trace::enabled() {
+        let kb = crate::trace::vm_hwm_kb().unwrap_or(0);
+        crate::trace::send(fd, &[("body", sys::monotonic_ns()), ("sandbox_hwm_kb", kb)]);
+    }
     match failure {
         None => report(msg::PASS, ""),
         Some(text) => report(msg::FAIL, &text),

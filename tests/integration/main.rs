@@ -6,6 +6,7 @@ mod cli;
 mod command;
 mod core;
 mod fixtures;
+mod nextest;
 mod rootfs;
 mod teardown;
 

@@ -97,6 +97,8 @@ struct Variant {
 struct Run {
     wall: Duration,
     maxrss_kb: i64,
+    /// User + system time of the process and its reaped descendants.
+    cpu: Duration,
     stderr: String,
 }
 
@@ -136,6 +138,7 @@ fn run_once(argv: &[String], env: &[(String, String)], keep_stderr: bool) -> Res
     Ok(Run {
         wall,
         maxrss_kb: rusage.ru_maxrss,
+        cpu: tv(rusage.ru_utime) + tv(rusage.ru_stime),
         stderr: if keep_stderr { err } else { String::new() },
     })
 }
@@ -158,6 +161,10 @@ fn wait4(pid: libc::pid_t) -> Res<(std::process::ExitStatus, libc::rusage)> {
             return Err(format!("wait4({pid}): {e}"));
         }
     }
+}
+
+fn tv(t: libc::timeval) -> Duration {
+    Duration::from_micros(t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64)
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -278,7 +285,8 @@ fn hide_hybrid_cgroup2(notes: &mut Vec<String>) {
             && libc::umount2(unified.as_ptr(), libc::MNT_DETACH) == 0
     };
     notes.push(if ok {
-        "hybrid cgroup host: the benchmark runs in its own mount namespace with          /sys/fs/cgroup/unified detached, so crun (cgroup manager disabled) accepts it"
+        "hybrid cgroup host: the benchmark runs in its own mount namespace with \
+         /sys/fs/cgroup/unified detached, so crun (cgroup manager disabled) accepts it"
             .into()
     } else {
         format!(
@@ -538,6 +546,7 @@ fn real_main() -> Res<()> {
 
     // Interleaved rounds: one sample of every variant per round, order rotated each round.
     let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut cpu_samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut rss: BTreeMap<String, i64> = BTreeMap::new();
     for r in 0..o.rounds {
         eprint!("round {}/{} ...\r", r + 1, o.rounds);
@@ -545,9 +554,11 @@ fn real_main() -> Res<()> {
         for i in 0..n {
             let v = &variants[(i + r) % n];
             let mut total = Duration::ZERO;
+            let mut cpu = Duration::ZERO;
             for _ in 0..v.reps {
                 let run = run_once(&v.argv, &v.env, false)?;
                 total += run.wall;
+                cpu += run.cpu;
                 let e = rss.entry(v.key.clone()).or_default();
                 *e = (*e).max(run.maxrss_kb);
             }
@@ -555,6 +566,10 @@ fn real_main() -> Res<()> {
                 .entry(v.key.clone())
                 .or_default()
                 .push(total.as_secs_f64() * 1e3 / v.reps as f64);
+            cpu_samples
+                .entry(v.key.clone())
+                .or_default()
+                .push(cpu.as_secs_f64() * 1e3 / v.reps as f64);
         }
     }
     eprintln!();
@@ -593,6 +608,7 @@ fn real_main() -> Res<()> {
         o: &o,
         threads,
         samples: &samples,
+        cpu: &cpu_samples,
         rss: &rss,
         phases: &phases,
         phase_order: &phase_order,
@@ -609,6 +625,7 @@ struct Render<'a> {
     o: &'a Options,
     threads: usize,
     samples: &'a BTreeMap<String, Vec<f64>>,
+    cpu: &'a BTreeMap<String, Vec<f64>>,
     rss: &'a BTreeMap<String, i64>,
     phases: &'a BTreeMap<String, Vec<f64>>,
     phase_order: &'a [String],
@@ -674,6 +691,20 @@ fn render(r: &Render) -> String {
         );
         let _ = writeln!(s, "overhead per isolated test {}", fmt_stat(o));
     }
+    let cpu_ovh = paired(
+        r.cpu,
+        &format!("iso/{SERIAL_N}/serial"),
+        &format!("plain/{SERIAL_N}/serial"),
+        SERIAL_N as f64,
+    );
+    if let Some(c) = cpu_ovh {
+        let _ = writeln!(
+            s,
+            "cpu overhead per isolated test {}  (user+sys of the test process tree; \
+             steadier than wall under contention; excludes kernel workers)",
+            fmt_stat(c)
+        );
+    }
 
     let _ = writeln!(
         s,
@@ -722,7 +753,11 @@ fn render(r: &Render) -> String {
                     .find(|(a, _)| *a == k)
                     .map_or(String::new(), |(_, d)| d.clone()),
             };
-            let _ = writeln!(s, "{key:<12} {}   {what}", fmt_stat(st));
+            let cpu = r
+                .cpu
+                .get(key)
+                .map_or(String::new(), |v| format!("cpu {:>5} ms", ms(stat(v).med)));
+            let _ = writeln!(s, "{key:<12} {}  {cpu}   {what}", fmt_stat(st));
         }
     }
 
@@ -744,6 +779,14 @@ fn render(r: &Render) -> String {
         ratio("isolated overhead / crun", "crun", None);
         ratio("isolated overhead / unshare -fpmiun", "unshare", None);
         ratio("isolated overhead / floor (exec+libtest)", "floor", None);
+        if let (Some(c), Some(b)) = (cpu_ovh, r.cpu.get("bwrap").map(|v| stat(v))) {
+            let _ = writeln!(
+                s,
+                "{:<38} {:>6.2}",
+                "isolated cpu overhead / bwrap cpu",
+                c.med / b.med
+            );
+        }
         if let (Some(f), Some(b)) = (get("floor"), get("bwrap")) {
             let _ = writeln!(s, "{:<38} {:>6.2}", "floor / bwrap", f.med / b.med);
         }
@@ -751,13 +794,21 @@ fn render(r: &Render) -> String {
             get(&format!("plain/{SERIAL_N}/parallel")),
             get(&format!("iso/{SERIAL_N}/parallel")),
         ) {
-            let ideal = p.med + SERIAL_N as f64 * o.med / r.threads as f64;
-            let x = i.med / ideal;
+            let budget = p.med + SERIAL_N as f64 * o.med;
+            let x = i.med / budget;
             let _ = writeln!(
                 s,
                 "{:<38} {x:>6.2}  target <= 2: {}",
-                format!("{SERIAL_N} isolated, parallel / ideal"),
+                format!("{SERIAL_N} isolated parallel / (plain + N*ovh)"),
                 if x <= 2.0 { "met" } else { "NOT met" }
+            );
+            let ideal = p.med + SERIAL_N as f64 * o.med / r.threads as f64;
+            let _ = writeln!(
+                s,
+                "{:<38} {:>6.2}  (1.0 = overhead spreads perfectly over {} threads)",
+                format!("{SERIAL_N} isolated parallel / ideal"),
+                i.med / ideal,
+                r.threads
             );
         }
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::command::{pollfd, Child, Sandbox};
-use crate::config::Config;
+use crate::config::{Bind, Config};
 use crate::error::{Error, Result};
 use crate::{sys, validate};
 
@@ -42,9 +42,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", default_value = "isotest", value_parser = parse_hostname)]
     pub hostname: String,
 
-    /// Bind a host path into the sandbox, read-write unless :ro (repeatable)
+    /// Bind a host path into the sandbox, read-only unless :rw (repeatable)
     #[arg(long = "bind", value_name = "SRC:DST[:ro|rw]", value_parser = parse_bind)]
-    pub binds: Vec<BindArg>,
+    pub binds: Vec<Bind>,
 
     /// Set an environment variable in the sandbox (repeatable)
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -73,17 +73,6 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// A `--bind SRC:DST[:ro|rw]` value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindArg {
-    /// The host path.
-    pub source: PathBuf,
-    /// The path inside the sandbox.
-    pub target: String,
-    /// `:ro`.
-    pub readonly: bool,
-}
-
 fn parse_hostname(s: &str) -> std::result::Result<String, String> {
     validate::hostname(s).map(|()| s.to_string())
 }
@@ -92,30 +81,10 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     validate::duration(s)
 }
 
-/// Parses `SRC:DST[:ro|rw]`.
-pub fn parse_bind(s: &str) -> std::result::Result<BindArg, String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let (source, target, readonly) = match parts[..] {
-        [src, dst] => (src, dst, false),
-        [src, dst, "ro"] => (src, dst, true),
-        [src, dst, "rw"] => (src, dst, false),
-        [_, _, mode] => return Err(format!("{s:?} has mode {mode:?}; the mode is `ro` or `rw`")),
-        _ => {
-            return Err(format!(
-                "{s:?} is not SRC:DST[:ro|rw], e.g. ./conf:/etc/myapp:ro"
-            ))
-        }
-    };
-    if source.is_empty() || !target.starts_with('/') {
-        return Err(format!(
-            "{s:?} needs a host path and an absolute path inside the sandbox, e.g. ./conf:/etc/myapp"
-        ));
-    }
-    Ok(BindArg {
-        source: source.into(),
-        target: target.into(),
-        readonly,
-    })
+/// Parses `SRC:DST[:ro|rw]`; a relative `SRC` is taken from the current directory.
+pub fn parse_bind(s: &str) -> std::result::Result<Bind, String> {
+    let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
+    Bind::parse(s, &cwd.to_string_lossy()).map_err(|e| e.to_string())
 }
 
 /// Parses `KEY=VALUE`.
@@ -166,7 +135,7 @@ fn run_inner(args: &RunArgs) -> Result<i32> {
         sandbox = sandbox.env(k.clone(), v.clone());
     }
     for b in &args.binds {
-        sandbox = sandbox.bind(b.source.clone(), b.target.clone(), b.readonly);
+        sandbox = sandbox.bind(b.clone());
     }
     let mut command = sandbox.command(args.command[0].clone(), args.command[1..].to_vec());
     let status = if sys::isatty(0) && sys::isatty(1) {
@@ -291,16 +260,16 @@ mod tests {
 
     #[test]
     fn binds_parse_and_name_bad_values() {
-        assert_eq!(
-            parse_bind("./c:/etc/c:ro").unwrap(),
-            BindArg {
-                source: "./c".into(),
-                target: "/etc/c".into(),
-                readonly: true
-            }
+        let cwd = std::env::current_dir().unwrap();
+        let b = parse_bind("./c:/etc/c:rw").unwrap();
+        assert_eq!(b.source, cwd.join("./c"));
+        assert_eq!(b.destination, "/etc/c");
+        assert!(!b.readonly);
+        assert!(
+            parse_bind("/a:/b").unwrap().readonly,
+            "read-only by default"
         );
-        assert!(!parse_bind("/a:/b").unwrap().readonly);
-        assert!(!parse_bind("/a:/b:rw").unwrap().readonly);
+        assert!(parse_bind("/a:/b:ro").unwrap().readonly);
         for bad in ["nocolon", "/a:/b:rx", "/a:rel", ":/b", "/a:/b:ro:x"] {
             let e = parse_bind(bad).unwrap_err();
             assert!(e.contains(bad), "{e}");

@@ -9,10 +9,10 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Bind, Config};
 use crate::error::{Errno, Error, Result};
 use crate::plan::{self, Step};
 use crate::sandbox::{self, msg, ExecSpec};
@@ -40,15 +40,6 @@ pub struct Sandbox {
     config: Config,
     env: Vec<(String, String)>,
     cwd: String,
-    binds: Vec<Bind>,
-}
-
-/// A host path bound into the sandbox (crate-internal until [`Config`] carries binds).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Bind {
-    pub source: PathBuf,
-    pub target: String,
-    pub readonly: bool,
 }
 
 impl Default for Sandbox {
@@ -72,7 +63,6 @@ impl Sandbox {
             config,
             env,
             cwd: "/".into(),
-            binds: Vec::new(),
         }
     }
 
@@ -112,13 +102,9 @@ impl Sandbox {
         &self.config
     }
 
-    /// Binds a host path into the sandbox (before the pivot), read-only or not.
-    pub(crate) fn bind(mut self, source: PathBuf, target: String, readonly: bool) -> Self {
-        self.binds.push(Bind {
-            source,
-            target,
-            readonly,
-        });
+    /// Binds a host path into the sandbox, e.g. `Bind::parse("./conf:/etc/myapp:ro", ".")`.
+    pub fn bind(mut self, bind: Bind) -> Self {
+        self.config.binds.push(bind);
         self
     }
 
@@ -321,10 +307,9 @@ impl Command {
     fn start(&mut self, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> Result<Child> {
         let config = &self.sandbox.config;
         config.validate()?;
-        let spec = config.rootfs_spec().ok_or_else(|| Error::NoRootfs {
-            test: self.program.clone(),
-        })?;
-        let lower = crate::rootfs::resolve(&spec)?;
+        let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+        let mut config = config.clone();
+        let (spec, lower) = config.resolve_rootfs(&cwd)?;
         let path =
             find_program(&lower, &self.program, &self.sandbox.env).ok_or_else(|| Error::Exec {
                 program: self.program.clone(),
@@ -333,9 +318,6 @@ impl Command {
             })?;
 
         let mut extra = Vec::new();
-        for b in &self.sandbox.binds {
-            extra.extend(bind_steps(&lower, b)?);
-        }
         // Into the new root before the exec: the program is found by its path in there.
         extra.push(Step::Pivot(plan::NEW_ROOT.into()));
         if self.sandbox.cwd != "/" {
@@ -378,7 +360,7 @@ impl Command {
             .collect::<Result<Vec<_>>>()?;
         let exec = ExecSpec::new(None, c(path.as_bytes())?, argv, envp);
 
-        let spawned = spawn::spawn(config, &lower, stdio, |_| Ok(exec), false, extra)?;
+        let spawned = spawn::spawn(&config, &lower, stdio, |_| Ok(exec), false, extra)?;
         // The pty slave is the child's now; the master sees EOF once the sandbox is gone.
         self.terminal = None;
         let started = Instant::now();
@@ -466,64 +448,6 @@ fn find_program(lower: &Path, program: &str, env: &[(String, String)]) -> Option
             let on_host = lower.join(candidate.trim_start_matches('/'));
             std::fs::metadata(on_host).is_ok_and(|m| m.is_file())
         })
-}
-
-/// The steps that bind `b` into the new root: create the mount point, then bind.
-fn bind_steps(lower: &Path, b: &Bind) -> Result<Vec<Step>> {
-    let invalid = |problem: String| Error::InvalidOption {
-        option: "bind",
-        value: format!("{}:{}", b.source.display(), b.target),
-        problem,
-    };
-    let meta = std::fs::metadata(&b.source)
-        .map_err(|e| invalid(format!("{} cannot be bound: {e}", b.source.display())))?;
-    let source = std::fs::canonicalize(&b.source)
-        .map_err(|e| invalid(format!("{}: {e}", b.source.display())))?;
-    if source.starts_with(plan::SCRATCH) {
-        return Err(invalid(format!(
-            "{} is under {}, which the sandbox's scratch space hides; bind a directory elsewhere",
-            source.display(),
-            plan::SCRATCH
-        )));
-    }
-    if !b.target.starts_with('/') || b.target.split('/').any(|c| c == "..") || b.target == "/" {
-        return Err(invalid(
-            "the target must be an absolute path below / without `..`".into(),
-        ));
-    }
-    let mut steps = Vec::new();
-    let parts: Vec<&str> = b.target.split('/').filter(|c| !c.is_empty()).collect();
-    let mut inside = String::new();
-    for (i, part) in parts.iter().enumerate() {
-        inside.push('/');
-        inside.push_str(part);
-        // Mount points are created before the pivot, with host paths: a symlink in the root
-        // filesystem could point them at the host, so none may be crossed.
-        if let Ok(m) = std::fs::symlink_metadata(lower.join(inside.trim_start_matches('/'))) {
-            if m.file_type().is_symlink() {
-                return Err(invalid(format!(
-                    "{inside} is a symlink in the root filesystem; bind to a real path"
-                )));
-            }
-        }
-        let target = format!("{}{inside}", plan::NEW_ROOT);
-        if i + 1 < parts.len() || meta.is_dir() {
-            steps.push(Step::Mkdir {
-                path: target,
-                mode: 0o755,
-            });
-        } else {
-            steps.push(Step::Touch { path: target });
-        }
-    }
-    steps.push(Step::Bind {
-        source: source.to_string_lossy().into_owned(),
-        target: format!("{}{}", plan::NEW_ROOT, inside),
-        recursive: true,
-        readonly: b.readonly,
-        optional: false,
-    });
-    Ok(steps)
 }
 
 /// A program running in its sandbox. Dropping it kills the sandbox.
@@ -709,44 +633,5 @@ mod tests {
         assert_eq!(find_program(&dir, "nope", &env), None);
         assert_eq!(find_program(&dir, "/x/y", &env).as_deref(), Some("/x/y"));
         std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn binds_create_mount_points_and_refuse_bad_targets() {
-        let lower = Path::new("/nonexistent-lower");
-        let b = Bind {
-            source: "/etc/hostname".into(),
-            target: "/srv/conf/hostname".into(),
-            readonly: true,
-        };
-        let steps = bind_steps(lower, &b).unwrap();
-        assert_eq!(
-            steps[..3],
-            [
-                Step::Mkdir {
-                    path: "/tmp/root/srv".into(),
-                    mode: 0o755
-                },
-                Step::Mkdir {
-                    path: "/tmp/root/srv/conf".into(),
-                    mode: 0o755
-                },
-                Step::Touch {
-                    path: "/tmp/root/srv/conf/hostname".into()
-                },
-            ]
-        );
-        assert!(
-            matches!(&steps[3], Step::Bind { readonly: true, target, .. }
-            if target == "/tmp/root/srv/conf/hostname")
-        );
-        for bad in ["relative", "/a/../b", "/"] {
-            let b = Bind {
-                target: bad.into(),
-                ..b.clone()
-            };
-            let e = bind_steps(lower, &b).unwrap_err().to_string();
-            assert!(e.contains(bad), "{e}");
-        }
     }
 }

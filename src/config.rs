@@ -160,11 +160,28 @@ impl Config {
             .collect()
     }
 
-    /// The rootfs spec in force: the configured one, else `ISOTEST_ROOTFS`.
-    pub fn rootfs_spec(&self) -> Option<String> {
-        self.rootfs
-            .clone()
-            .or_else(|| std::env::var(ENV_ROOTFS).ok().filter(|s| !s.is_empty()))
+    /// The rootfs spec in force: the configured one, else `ISOTEST_ROOTFS`, else the default
+    /// ([`crate::rootfs::DEFAULT_SPEC`]); relative `tar:` and `dir:` paths are taken from `base`.
+    pub fn rootfs_spec(&self, base: &Path) -> String {
+        crate::rootfs::absolutize(
+            &crate::rootfs::spec_or_default(self.rootfs.as_deref()),
+            base,
+        )
+    }
+
+    /// Resolves the root filesystem (building or unpacking it on first use) and adds the
+    /// read-only binds its spec needs (`host`). Returns the spec and the lower layer.
+    pub fn resolve_rootfs(&mut self, base: &Path) -> Result<(String, PathBuf)> {
+        let spec = self.rootfs_spec(base);
+        let resolved = crate::rootfs::resolve_full(&spec)?;
+        for dir in resolved.host_binds {
+            self.binds.push(Bind {
+                destination: dir.to_string_lossy().into_owned(),
+                source: dir,
+                readonly: true,
+            });
+        }
+        Ok((spec, resolved.lower))
     }
 }
 

@@ -30,7 +30,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use serde::Deserialize;
 
 use crate::command::Sandbox;
-use crate::config::{self, Config};
+use crate::config::{self, Bind, Config};
 use crate::error::{Error, Result};
 use crate::validate;
 
@@ -156,7 +156,11 @@ pub fn run_case(case: &Case) -> std::result::Result<(), String> {
     };
     let config = config(case).map_err(|e| e.to_string())?;
     let mut sandbox = Sandbox::new(config)
-        .bind(case.dir.clone(), CASE_DIR.into(), true)
+        .bind(Bind {
+            source: case.dir.clone(),
+            destination: CASE_DIR.into(),
+            readonly: true,
+        })
         .cwd(CASE_DIR);
     for (k, v) in &case.options.env {
         sandbox = sandbox.env(k.clone(), v.clone());

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::Mutex;
 
 use crate::__private::{Meta, Outcome};
@@ -11,7 +12,7 @@ use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::sandbox::msg;
 use crate::spawn::{self, Report, Stdio};
-use crate::{fixtures, rootfs, sys, teardown, validate};
+use crate::{fixtures, sys, teardown, validate};
 
 /// Builds the sandbox's configuration from the attribute's arguments.
 pub(crate) fn config_from_meta(meta: &Meta) -> Result<Config> {
@@ -84,13 +85,9 @@ pub(crate) fn supervise<T: Outcome>(meta: &Meta) -> T {
 }
 
 fn run_sandboxed(meta: &Meta, name: &str) -> Result<Report> {
-    let config = config_from_meta(meta)?;
-    let spec = config.rootfs_spec().ok_or_else(|| Error::NoRootfs {
-        test: name.to_string(),
-    })?;
-    let lower = rootfs::resolve(&spec)?;
+    let mut config = config_from_meta(meta)?;
+    let (spec, lower) = config.resolve_rootfs(Path::new(meta.manifest_dir))?;
     crate::trace::mark("resolve");
-    config.resolve_binds(&lower)?;
     let host = teardown::Host::before(&lower);
     let (out_r, out_w) = sys::pipe()?;
     let (err_r, err_w) = sys::pipe()?;

@@ -159,8 +159,7 @@ fn piped_stdin_and_stdout_through_spawn() {
 
 #[test]
 fn writes_stay_in_the_overlay() {
-    let rootfs = std::env::var("ISOTEST_ROOTFS").expect("set ISOTEST_ROOTFS to a root filesystem");
-    let marker = std::path::Path::new(&rootfs).join("etc/isotest-command-marker");
+    let marker = crate::rootfs_dir().join("etc/isotest-command-marker");
     let out = sh("echo x > /etc/isotest-command-marker && rm /etc/hostname && cat /etc/isotest-command-marker")
         .output()
         .unwrap();
@@ -175,7 +174,7 @@ fn writes_stay_in_the_overlay() {
         "{} reached the root filesystem",
         marker.display()
     );
-    assert!(std::path::Path::new(&rootfs).join("etc/hostname").exists());
+    assert!(crate::rootfs_dir().join("etc/hostname").exists());
 }
 
 #[test]

@@ -258,9 +258,7 @@ fn prints_os_release() {
 
 #[test]
 fn os_release_is_the_rootfs_one() {
-    let rootfs = std::env::var("ISOTEST_ROOTFS").expect("ISOTEST_ROOTFS");
-    let rootfs = rootfs.strip_prefix("dir:").unwrap_or(&rootfs);
-    let want = fs::read_to_string(Path::new(rootfs).join("etc/os-release")).unwrap();
+    let want = fs::read_to_string(crate::rootfs_dir().join("etc/os-release")).unwrap();
     let out = run_test("core::prints_os_release", &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&want));
@@ -485,8 +483,7 @@ fn tree_digest(root: &Path) -> Vec<(String, u64, u32, u32, u32, i64, i64)> {
 
 #[test]
 fn writes_vanish_with_the_test() {
-    let rootfs = std::env::var("ISOTEST_ROOTFS").expect("ISOTEST_ROOTFS");
-    let rootfs = Path::new(rootfs.strip_prefix("dir:").unwrap_or(&rootfs)).to_path_buf();
+    let rootfs = crate::rootfs_dir();
     let before = tree_digest(&rootfs);
     let host_tmp_before: BTreeSet<_> = fs::read_dir("/tmp")
         .unwrap()

@@ -37,10 +37,7 @@ fn mounts_show_the_sandbox(mounts: Mounts) {
 #[isolated]
 fn sandbox_knows_its_test_and_root(sandbox: SandboxInfo) {
     assert_eq!(sandbox.test, "fixtures::sandbox_knows_its_test_and_root");
-    assert_eq!(
-        sandbox.rootfs,
-        std::env::var("ISOTEST_ROOTFS").unwrap_or_default()
-    );
+    assert_eq!(sandbox.rootfs, isotest::rootfs::spec_or_default(None));
     assert_eq!(sandbox.os_release.id, "debian");
     assert!(!sandbox.os_release.pretty_name.is_empty());
     let ns = std::fs::read_link("/proc/self/ns/pid").unwrap();

@@ -10,7 +10,15 @@ mod nextest;
 mod rootfs;
 mod teardown;
 
+use std::path::PathBuf;
 use std::process::{Command, Output};
+
+/// The lower layer the tests' sandboxes start from: `ISOTEST_ROOTFS` (else the default),
+/// resolved through isotest's cache like the tests resolve it.
+pub fn rootfs_dir() -> PathBuf {
+    let spec = isotest::rootfs::spec_or_default(None);
+    isotest::rootfs::resolve(&spec).unwrap_or_else(|e| panic!("root filesystem {spec:?}: {e}"))
+}
 
 /// Runs one test of this binary in a child process, as libtest would run it alone, and returns
 /// what it printed. Used to observe a sandboxed test from the host: its exit status, its output,

@@ -20,6 +20,7 @@ pub mod doctor;
 pub mod error;
 pub mod fixtures;
 pub mod harness;
+pub mod idmap;
 pub mod plan;
 pub mod preflight;
 pub mod rootfs;

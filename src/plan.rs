@@ -173,8 +173,9 @@ pub struct Input {
     pub hostname: String,
     /// The child runs in a user namespace (overlay needs `userxattr`).
     pub userns: bool,
-    /// The group `tty` (gid 5) is mapped inside, so devpts can use it.
-    pub tty_gid_mapped: bool,
+    /// How many gids from 0 up are mapped inside (devpts wants group `tty`, gid 5; ICMP
+    /// sockets are opened to the mapped groups).
+    pub mapped_gids: u32,
     /// The requested bind mounts.
     pub binds: Vec<BindInput>,
     /// A host directory (and the fd number reserved for it) that holds the overlay's upper
@@ -200,11 +201,14 @@ pub struct BindInput {
 /// The device nodes bound from the host into the sandbox's `/dev`.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
-/// Settings of the sandbox's network namespace.
-pub const NET_SYSCTLS: [(&str, &str); 2] = [
-    ("net/ipv4/ip_unprivileged_port_start", "0"),
-    ("net/ipv4/ping_group_range", "0 2147483647"),
-];
+/// Settings of the sandbox's network namespace, for `mapped_gids` groups inside.
+pub fn net_sysctls(mapped_gids: u32) -> [(&'static str, String); 2] {
+    let last_gid = mapped_gids.saturating_sub(1).min(i32::MAX as u32);
+    [
+        ("net/ipv4/ip_unprivileged_port_start", "0".into()),
+        ("net/ipv4/ping_group_range", format!("0 {last_gid}")),
+    ]
+}
 
 /// Paths under `/proc` made read-only: kernel knobs a test must not reach.
 pub const PROC_READONLY: [&str; 2] = ["sys", "sysrq-trigger"];
@@ -318,10 +322,10 @@ pub fn plan(input: &Input) -> Vec<Step> {
     ));
     // The sandbox's own network namespace: its root may bind any port and ping, even once the
     // locked nested user namespace no longer owns the network namespace.
-    for (knob, value) in NET_SYSCTLS {
+    for (knob, value) in net_sysctls(input.mapped_gids) {
         steps.push(Step::Sysctl {
             path: root(&format!("/proc/sys/{knob}")),
-            value: value.into(),
+            value,
         });
     }
     for p in PROC_READONLY {
@@ -378,7 +382,7 @@ pub fn plan(input: &Input) -> Vec<Step> {
         path: root("/dev/pts"),
         mode: 0o755,
     });
-    let pts = if input.tty_gid_mapped {
+    let pts = if input.mapped_gids > 5 {
         "newinstance,ptmxmode=0666,mode=0620,gid=5"
     } else {
         "newinstance,ptmxmode=0666,mode=0620"
@@ -478,7 +482,7 @@ mod tests {
             lower_fd: 7,
             hostname: "web1".into(),
             userns,
-            tty_gid_mapped: true,
+            mapped_gids: u32::MAX,
             binds: Vec::new(),
             keep: None,
         }
@@ -581,7 +585,7 @@ mod tests {
     #[test]
     fn devpts_group_only_when_mapped() {
         let mut i = input(true);
-        i.tty_gid_mapped = false;
+        i.mapped_gids = 1;
         assert!(!plan(&i).iter().any(|s| s.to_string().contains("gid=5")));
         assert!(plan(&input(true))
             .iter()

@@ -82,14 +82,18 @@ pub fn spawn(
         Some(_) => Some(sys::open(Path::new("/dev/null"), libc::O_RDONLY)?),
         None => None,
     };
-    let root = sys::ids().0 == 0;
     let userns = !config.privileged;
+    let idmap = crate::idmap::current();
     let mut steps = plan::plan(&plan::Input {
         lower: lower.to_string_lossy().into_owned(),
         lower_fd: lower_fd.as_raw_fd(),
         hostname: config.hostname.clone(),
         userns,
-        tty_gid_mapped: root,
+        mapped_gids: if userns {
+            idmap.mapped_gids()
+        } else {
+            u32::MAX
+        },
         binds,
         keep: config
             .keep
@@ -129,7 +133,7 @@ pub fn spawn(
         channel: supervisor_channel,
         steps,
     };
-    if let Err(e) = handshake(&spawned, userns, root) {
+    if let Err(e) = handshake(&spawned, userns) {
         let _ = sys::pidfd_send_signal(&spawned.pidfd, libc::SIGKILL);
         let _ = sys::waitid_pidfd(&spawned.pidfd);
         return Err(e);
@@ -138,7 +142,7 @@ pub fn spawn(
 }
 
 /// Writes the child's id maps from this (the parent) user namespace, then lets it go on.
-fn handshake(s: &Spawned, userns: bool, root: bool) -> Result<()> {
+fn handshake(s: &Spawned, userns: bool) -> Result<()> {
     let mut b = [0u8; 16];
     match sys::read(s.channel.as_raw_fd(), &mut b) {
         Ok(n) if n >= 1 && b[0] == msg::READY => crate::trace::mark("child_ready"),
@@ -150,20 +154,7 @@ fn handshake(s: &Spawned, userns: bool, root: bool) -> Result<()> {
         }
     }
     if userns {
-        let (uid, gid) = sys::ids();
-        let (uid_map, gid_map) = if root {
-            // Identity over the full range: files keep their owners, tools that switch users
-            // work, and the test's root holds its capabilities only inside.
-            (
-                "0 0 4294967295\n".to_string(),
-                "0 0 4294967295\n".to_string(),
-            )
-        } else {
-            sys::write_file(&format!("/proc/{}/setgroups", s.pid), "deny\n")?;
-            (format!("0 {uid} 1\n"), format!("0 {gid} 1\n"))
-        };
-        sys::write_file(&format!("/proc/{}/uid_map", s.pid), &uid_map)?;
-        sys::write_file(&format!("/proc/{}/gid_map", s.pid), &gid_map)?;
+        crate::idmap::current().write(s.pid)?;
     }
     crate::trace::mark("idmap");
     sys::write_all(s.channel.as_raw_fd(), &[msg::GO]).map_err(|e| Error::Sys {

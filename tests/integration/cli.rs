@@ -35,7 +35,7 @@ fn run_passes_output_and_exit_code_through() {
 
 #[test]
 fn run_sets_env_and_binds() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), "from host\n").unwrap();
     let bind = format!("{}:/mnt/host:ro", dir.path().display());
     let out = isotest(&[
@@ -105,7 +105,7 @@ fn run_rejects_bad_values_naming_them() {
 
 #[test]
 fn run_keep_writes_the_upper_layer_to_the_directory() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let keep = dir.path().join("changes");
     let out = isotest(&[
         "run",

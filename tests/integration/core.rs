@@ -48,18 +48,22 @@ fn runs_as_pid_1_and_root_in_a_user_namespace() {
     assert_eq!(nix::unistd::getppid().as_raw(), 0);
     assert_eq!(nix::unistd::getuid().as_raw(), 0);
     assert_eq!(nix::unistd::getgid().as_raw(), 0);
-    // A user namespace of its own: the host's is never ours.
+    // A user namespace of its own, mapped as the supervisor's user allows.
     let uid_map = fs::read_to_string("/proc/self/uid_map").unwrap();
-    let fields: Vec<&str> = uid_map.split_whitespace().collect();
-    if nix::unistd::getuid().is_root() && fields[1] == "0" {
+    let lines: Vec<Vec<&str>> = uid_map
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    if rootless() {
+        // The caller is root inside; a subordinate range (if /etc/subuid grants one) above it.
+        assert_eq!(lines[0], ["0", "0", "1"], "uid_map: {uid_map}");
+        assert!(lines.len() <= 2, "uid_map: {uid_map}");
+    } else {
         // Supervisor ran as root: the identity over the full range.
-        assert_eq!(fields, ["0", "0", "4294967295"], "uid_map: {uid_map}");
+        assert_eq!(lines, [["0", "0", "4294967295"]], "uid_map: {uid_map}");
     }
     let gid_map = fs::read_to_string("/proc/self/gid_map").unwrap();
-    assert_eq!(
-        gid_map.split_whitespace().count(),
-        uid_map.split_whitespace().count()
-    );
+    assert_eq!(gid_map.lines().count(), uid_map.lines().count());
 }
 
 #[test]
@@ -97,16 +101,15 @@ fn prints_its_namespaces() {
 
 #[isolated]
 fn files_keep_their_owners() {
-    // /etc/shadow belongs to the shadow group of the rootfs, not to a squashed id.
-    let shadow_gid = fs::read_to_string("/etc/group")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("shadow:x:"))
-        .and_then(|rest| rest.split(':').next().map(|g| g.parse::<u32>().unwrap()))
-        .expect("a shadow group");
     let m = fs::metadata("/etc/shadow").unwrap();
-    assert_eq!((m.uid(), m.gid()), (0, shadow_gid));
-    // Tools that switch users work.
+    if rootless() {
+        // A rootless cache entry belongs to the user who built it: root inside.
+        assert_eq!((m.uid(), m.gid()), (0, 0));
+    } else {
+        // /etc/shadow belongs to the shadow group of the rootfs, not to a squashed id.
+        assert_eq!((m.uid(), m.gid()), (0, shadow_gid()));
+    }
+    // Tools that switch users work (rootless: with a subordinate range in /etc/subuid).
     sh("useradd --create-home alice");
     assert_eq!(sh("su alice -c 'id -un'").trim(), "alice");
     let uid: u32 = sh("id -u alice").trim().parse().unwrap();
@@ -114,6 +117,20 @@ fn files_keep_their_owners() {
     sh("chown alice /tmp/owned");
     assert_eq!(fs::metadata("/tmp/owned").unwrap().uid(), uid);
     assert_eq!(fs::metadata("/home/alice").unwrap().uid(), uid);
+}
+
+/// The sandbox runs for an ordinary user: its user namespace is not the identity.
+fn rootless() -> bool {
+    isotest::fixtures::sandbox().rootless
+}
+
+fn shadow_gid() -> u32 {
+    fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("shadow:x:"))
+        .and_then(|rest| rest.split(':').next().map(|g| g.parse::<u32>().unwrap()))
+        .expect("a shadow group")
 }
 
 #[isolated]
@@ -164,7 +181,20 @@ fn root_inside_has_no_power_over_the_host() {
     assert!(fs::write("/sys/kernel/mm/transparent_hugepage/enabled", "never").is_err());
 }
 
+#[test]
+fn privileged_needs_root_and_opts_out_of_the_user_namespace() {
+    let out = run_test("core::privileged_opts_out_of_the_user_namespace", &[]);
+    let t = text(&out);
+    if nix::unistd::getuid().is_root() {
+        assert!(out.status.success(), "{t}");
+    } else {
+        assert!(!out.status.success(), "{t}");
+        assert!(t.contains("privileged = true needs root"), "{t}");
+    }
+}
+
 #[isolated(privileged = true)]
+#[ignore = "needs root; privileged_needs_root_and_opts_out_of_the_user_namespace runs it"]
 fn privileged_opts_out_of_the_user_namespace() {
     use nix::sys::stat::{makedev, mknod, Mode, SFlag};
     // Real host root: device nodes can be made (on the sandbox's tmpfs).

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use isotest::rootfs::archive;
 
-const BOOKWORM: &str = "/var/tmp/isotest-dev/bookworm";
-
 fn isotest(cache: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_isotest"))
         .args(args)
@@ -164,18 +162,16 @@ fn tar_gz_tar_zst_and_tar_xz_unpack_with_modes_links_and_owners() {
 
 #[test]
 fn a_debian_tree_round_trips_through_tar_zst() {
-    let tree = Path::new(BOOKWORM);
-    assert!(
-        tree.join("usr/bin/bash").exists(),
-        "this test needs a Debian bookworm minbase tree at {BOOKWORM} \
-         (e.g. `mmdebstrap --variant=minbase bookworm {BOOKWORM}`)"
-    );
+    // The tree the other tests run on (ISOTEST_ROOTFS, through the cache).
+    let tree = &crate::rootfs_dir();
+    assert!(tree.join("usr/bin/bash").exists(), "{}", tree.display());
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("bookworm.tar.zst");
     let status = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "tar -C {BOOKWORM} --numeric-owner -cf - . | zstd -q -T0 -3 -o {}",
+            "tar -C {} --numeric-owner -cf - . | zstd -q -T0 -3 -o {}",
+            tree.display(),
             archive.display()
         ))
         .status()

@@ -30,11 +30,12 @@ isotest exits with the program's exit code, 128+N if signal N killed it, 124 on 
 125 when the sandbox could not be set up or the program not executed.
 
 Examples:
-  isotest run --rootfs /srv/bookworm -- /bin/bash
+  isotest run -- /bin/bash
+  isotest run --rootfs debian:bookworm -- /bin/bash
   isotest run --hostname web1 --bind ./conf:/etc/myapp:ro -- myapp --check
   isotest run --keep /var/tmp/changes -- apt-get install -y curl")]
 pub struct RunArgs {
-    /// Root filesystem: an absolute directory or dir:PATH [default: $ISOTEST_ROOTFS]
+    /// Root filesystem: ubuntu:jammy, ubuntu:noble, debian:bookworm, tar:PATH, dir:PATH, an absolute directory or host [default: $ISOTEST_ROOTFS, else ubuntu:jammy]
     #[arg(long, value_name = "SPEC")]
     pub rootfs: Option<String>,
 

@@ -65,11 +65,6 @@ pub enum Step {
         /// A missing source is skipped (kernel files a config may leave out).
         optional: bool,
     },
-    /// Makes a mount read-only (`mount_setattr(MOUNT_ATTR_RDONLY)`), keeping its other flags.
-    Readonly {
-        /// The mount point.
-        target: String,
-    },
     /// `mkdir(path, mode)` unless it exists.
     Mkdir {
         /// The directory.
@@ -145,9 +140,6 @@ impl fmt::Display for Step {
                 if *recursive { "|MS_REC" } else { "" },
                 if *readonly { ", then read-only" } else { "" }
             ),
-            Step::Readonly { target } => {
-                write!(f, "mount_setattr({target:?}, MOUNT_ATTR_RDONLY)")
-            }
             Step::Mkdir { path, mode } => write!(f, "mkdir({path:?}, {mode:#o})"),
             Step::Open { path, fd } => write!(f, "open({path:?}, O_PATH) as fd {fd}"),
             Step::Touch { path } => write!(f, "open({path:?}, O_CREAT)"),

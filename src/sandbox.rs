@@ -61,8 +61,6 @@ pub enum CStep {
         /// Skip a missing source.
         optional: bool,
     },
-    /// See [`Step::Readonly`].
-    Readonly(CString),
     /// See [`Step::Mkdir`].
     Mkdir(CString, libc::mode_t),
     /// See [`Step::Open`].
@@ -121,7 +119,6 @@ pub fn compile(steps: &[Step]) -> Result<Vec<CStep>> {
                     readonly: *readonly,
                     optional: *optional,
                 },
-                Step::Readonly { target } => CStep::Readonly(c(target)?),
                 Step::Mkdir { path, mode } => CStep::Mkdir(c(path)?, *mode as libc::mode_t),
                 Step::Open { path, fd } => CStep::Open(c(path)?, *fd),
                 Step::Touch { path } => CStep::Touch(c(path)?),
@@ -170,7 +167,6 @@ fn apply(step: &CStep) -> std::result::Result<(), i32> {
             }
             Ok(())
         }
-        CStep::Readonly(target) => raw::mount_setattr(target, false, raw::MOUNT_ATTR_RDONLY),
         CStep::Mkdir(path, mode) => raw::mkdir(path, *mode),
         CStep::Open(path, fd) => raw::open_as(path, *fd),
         CStep::Touch(path) => raw::touch(path, 0o644),
@@ -201,16 +197,18 @@ pub struct ExecSpec {
     pub fd: Option<RawFd>,
     /// The program path for `execve` (and for messages).
     pub path: CString,
-    /// Arguments; the pointer array below points into these.
-    pub argv: Vec<CString>,
-    /// Environment.
-    pub envp: Vec<CString>,
+    /// Arguments and environment: owned here, read by the child through the pointer arrays.
+    #[expect(
+        dead_code,
+        reason = "owns the strings argv_ptrs and envp_ptrs point into"
+    )]
+    strings: (Vec<CString>, Vec<CString>),
     argv_ptrs: Vec<*const libc::c_char>,
     envp_ptrs: Vec<*const libc::c_char>,
 }
 
-// SAFETY-free note: the raw pointer arrays point into `argv`/`envp`, which the struct owns and
-// never mutates after construction.
+// The pointer arrays point into the heap buffers of `strings`, which the struct owns and never
+// changes after construction (moving a CString does not move its buffer).
 impl ExecSpec {
     /// Prepares the NULL-terminated pointer arrays.
     pub fn new(fd: Option<RawFd>, path: CString, argv: Vec<CString>, envp: Vec<CString>) -> Self {
@@ -227,8 +225,7 @@ impl ExecSpec {
         ExecSpec {
             fd,
             path,
-            argv,
-            envp,
+            strings: (argv, envp),
             argv_ptrs,
             envp_ptrs,
         }

@@ -77,3 +77,14 @@ fn changes_follow_the_test(changes: Changes) {
 fn fixtures_by_path(#[from(isotest::fixtures::hostname)] name: Hostname) {
     assert_eq!(name, "fixtures-by-path");
 }
+
+/// The README's example, as written there (with the installer inlined).
+#[rstest]
+#[isolated(hostname = "web1")]
+fn the_readme_example(hostname: Hostname, mounts: Mounts, sandbox: SandboxInfo, changes: Changes) {
+    assert_eq!(hostname, "web1");
+    assert!(mounts.get("/proc").unwrap().fs_type == "proc");
+    std::fs::write("/etc/myapp.conf", "listen = 8080\n").unwrap();
+    assert!(changes.created().contains(&"/etc/myapp.conf".into()));
+    assert!(!sandbox.test.is_empty());
+}

@@ -174,6 +174,25 @@ impl Config {
     pub fn resolve_rootfs(&mut self, base: &Path) -> Result<(String, PathBuf)> {
         let spec = self.rootfs_spec(base);
         let resolved = crate::rootfs::resolve_full(&spec)?;
+        // Rootless, the sandbox's root is the caller: a tree owned by someone else appears as
+        // nobody's inside, and nothing in it can be written or copied up.
+        let (uid, _) = crate::sys::ids();
+        if uid != 0 {
+            use std::os::unix::fs::MetadataExt;
+            let owner = std::fs::metadata(&resolved.lower).map(|m| m.uid()).ok();
+            if owner.is_some_and(|owner| owner != uid) {
+                return Err(Error::Rootfs {
+                    spec,
+                    problem: format!(
+                        "{} belongs to uid {}, not to you (uid {uid}); rootless sandboxes need a \
+                         tree you own: build one with `isotest rootfs build debian:bookworm` \
+                         (or ubuntu:jammy), unpack an archive with tar:PATH, or run as root",
+                        resolved.lower.display(),
+                        owner.unwrap_or_default()
+                    ),
+                });
+            }
+        }
         for dir in resolved.host_binds {
             self.binds.push(Bind {
                 destination: dir.to_string_lossy().into_owned(),

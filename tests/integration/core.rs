@@ -906,6 +906,26 @@ fn the_masks_over_kernel_knobs_are_locked() {
 
 // ---- bad configuration ----
 
+#[isolated(rootfs = "dir:/usr/share")]
+#[ignore = "runs on a tree owned by root for a_tree_owned_by_another_user_is_refused_rootless"]
+fn on_a_root_owned_tree() {
+    assert!(Path::new("/doc").is_dir());
+}
+
+#[test]
+fn a_tree_owned_by_another_user_is_refused_rootless() {
+    let out = run_test("core::on_a_root_owned_tree", &[]);
+    let t = text(&out);
+    if nix::unistd::getuid().is_root() {
+        // Root may use any tree.
+        assert!(out.status.success(), "{t}");
+    } else {
+        assert!(!out.status.success(), "{t}");
+        assert!(t.contains("/usr/share belongs to uid 0, not to you"), "{t}");
+        assert!(t.contains("isotest rootfs build"), "{t}");
+    }
+}
+
 #[isolated(rootfs = "/does/not/exist")]
 #[ignore = "has a missing rootfs for a_missing_rootfs_names_the_value"]
 fn with_missing_rootfs() {}

@@ -472,7 +472,15 @@ mod tests {
 
     #[test]
     fn bind_parse_rejects_empty_and_garbage() {
-        for bad in ["", ":", "::", "a:", "a:b:c:d", "x:/y:yes", &format!("x:{}", "y".repeat(5000))] {
+        for bad in [
+            "",
+            ":",
+            "::",
+            "a:",
+            "a:b:c:d",
+            "x:/y:yes",
+            &format!("x:{}", "y".repeat(5000)),
+        ] {
             let e = Bind::parse(bad, "/c").unwrap_err().to_string();
             assert!(e.contains(&format!("{bad:?}")), "{bad:?}: {e}");
         }

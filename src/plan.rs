@@ -695,9 +695,11 @@ mod tests {
         let sized: Vec<String> = plan(&i)
             .iter()
             .filter_map(|s| match s {
-                Step::Mount { target, data: Some(d), .. } if d.contains("size=64m") => {
-                    Some(target.clone())
-                }
+                Step::Mount {
+                    target,
+                    data: Some(d),
+                    ..
+                } if d.contains("size=64m") => Some(target.clone()),
                 _ => None,
             })
             .collect();

@@ -233,8 +233,9 @@ fn lock_raw(uid_map: &std::ffi::CStr, gid_map: &std::ffi::CStr) -> std::result::
         raw::exit(if ok { 0 } else { 2 });
     }
     raw::close(r);
-    let unshared =
-        raw::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC);
+    let unshared = raw::unshare(
+        libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
+    );
     // Let the helper go on either way, so it never waits forever.
     let _ = raw::write_all(w, b"g");
     raw::close(w);

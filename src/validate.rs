@@ -170,7 +170,18 @@ mod tests {
         for good in ["64m", "1g", "4096", "512k", "25%", "100%"] {
             assert_eq!(tmpfs_size(good), Ok(()), "{good}");
         }
-        for bad in ["", "m", "0", "0m", "64mb", "101%", "0%", "-1m", "1.5g", "99999999999999999999"] {
+        for bad in [
+            "",
+            "m",
+            "0",
+            "0m",
+            "64mb",
+            "101%",
+            "0%",
+            "-1m",
+            "1.5g",
+            "99999999999999999999",
+        ] {
             assert!(tmpfs_size(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -66,6 +66,8 @@ fn locked(path: &Path) -> bool {
 
 #[isolated(bind = ["/tmp:/hosttmp:rw"])]
 #[ignore = "holds a lock on a host file for a_killed_supervisor_releases_the_sandbox_lock"]
+// The sleeper is killed with the sandbox, never waited for.
+#[allow(clippy::zombie_processes)]
 fn holds_a_host_lock() {
     let name = std::env::var("ISOTEST_LOCK_FILE").unwrap();
     let f = fs::File::open(Path::new("/hosttmp").join(name)).unwrap();
@@ -108,6 +110,8 @@ fn a_killed_supervisor_releases_the_sandbox_lock() {
 
 #[isolated(timeout = "1500ms")]
 #[ignore = "stops itself for a_stopped_sandbox_still_times_out"]
+// The stopped child is killed with the sandbox, never waited for.
+#[allow(clippy::zombie_processes)]
 fn stops_itself() {
     // A child that ignores SIGTERM and stops itself; PID 1 (this test) is stopped from the host
     // (a pid namespace's init ignores stop signals from inside).

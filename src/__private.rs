@@ -24,6 +24,12 @@ pub struct Meta {
     pub bind: &'static [&'static str],
     /// `allow_leaks = [...]`.
     pub allow_leaks: &'static [&'static str],
+    /// `proc_sys = "rw"`.
+    pub proc_sys_rw: bool,
+    /// `tmpfs_size = "..."`.
+    pub tmpfs_size: Option<&'static str>,
+    /// `pids_max = N`.
+    pub pids_max: Option<u64>,
 }
 
 impl Meta {
@@ -39,6 +45,9 @@ impl Meta {
         writes: None,
         bind: &[],
         allow_leaks: &[],
+        proc_sys_rw: false,
+        tmpfs_size: None,
+        pids_max: None,
     };
 }
 

@@ -64,6 +64,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
 
+    /// Size of each tmpfs of the sandbox (the writable layer, /tmp, /dev/shm): 64m, 1g, 25%
+    /// [default: half the RAM]
+    #[arg(long, value_name = "SIZE", value_parser = parse_tmpfs_size)]
+    pub tmpfs_size: Option<String>,
+
+    /// Most processes the sandbox may have at once (a pids cgroup, where one is writable)
+    #[arg(long, value_name = "N", default_value_t = isotest_pids_max(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub pids_max: u64,
+
     /// The program (a path in the root filesystem, or a name looked up in its PATH) and its
     /// arguments
     #[arg(
@@ -72,6 +81,14 @@ pub struct RunArgs {
         value_name = "PROGRAM [ARGS]..."
     )]
     pub command: Vec<String>,
+}
+
+const fn isotest_pids_max() -> u64 {
+    crate::config::DEFAULT_PIDS_MAX
+}
+
+fn parse_tmpfs_size(s: &str) -> std::result::Result<String, String> {
+    validate::tmpfs_size(s).map(|()| s.to_string())
 }
 
 fn parse_hostname(s: &str) -> std::result::Result<String, String> {
@@ -119,6 +136,8 @@ fn run_inner(args: &RunArgs) -> Result<i32> {
     config.hostname = args.hostname.clone();
     // No limit unless asked: an interactive shell may run for hours.
     config.timeout = args.timeout.unwrap_or(Duration::MAX);
+    config.tmpfs_size = args.tmpfs_size.clone();
+    config.pids_max = Some(args.pids_max);
     if let Some(keep) = &args.keep {
         std::fs::create_dir_all(keep).map_err(|source| Error::Io {
             context: "creating the --keep directory",

@@ -97,6 +97,18 @@ impl Sandbox {
         self
     }
 
+    /// The size of each tmpfs of the sandbox (see [`Config::tmpfs_size`]), e.g. `"64m"`.
+    pub fn tmpfs_size(mut self, size: impl Into<String>) -> Self {
+        self.config.tmpfs_size = Some(size.into());
+        self
+    }
+
+    /// The most processes the sandbox may have at once (see [`Config::pids_max`]).
+    pub fn pids_max(mut self, max: u64) -> Self {
+        self.config.pids_max = Some(max);
+        self
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
@@ -125,6 +137,28 @@ impl Sandbox {
             terminal: None,
         }
     }
+}
+
+/// Checks the environment before any fork: a name is non-empty, without `=` or NUL, and
+/// neither holds a NUL byte.
+fn validate_env(env: &[(String, String)]) -> Result<()> {
+    for (k, v) in env {
+        let problem = if k.is_empty() {
+            "the name is empty; write KEY=VALUE"
+        } else if k.contains('=') {
+            "the name contains '='; write KEY=VALUE"
+        } else if k.contains('\0') || v.contains('\0') {
+            "it contains a NUL byte"
+        } else {
+            continue;
+        };
+        return Err(Error::InvalidOption {
+            option: "env",
+            value: format!("{k}={v}"),
+            problem: problem.into(),
+        });
+    }
+    Ok(())
 }
 
 fn set_env(env: &mut Vec<(String, String)>, key: String, value: String) {
@@ -307,6 +341,7 @@ impl Command {
     fn start(&mut self, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> Result<Child> {
         let config = &self.sandbox.config;
         config.validate()?;
+        validate_env(&self.sandbox.env)?;
         let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
         let mut config = config.clone();
         let (spec, lower) = config.resolve_rootfs(&cwd)?;
@@ -320,6 +355,22 @@ impl Command {
         let mut extra = Vec::new();
         // Into the new root before the exec: the program is found by its path in there.
         extra.push(Step::Pivot(plan::NEW_ROOT.into()));
+        // Then lock it, as a re-executed test locks itself before main (sandbox::lock): in a
+        // nested user namespace every mount is locked, so the program's root cannot unmount or
+        // remount what masks the host's kernel knobs, nor mount a fresh procfs or sysfs. The
+        // nested maps restate the outer ones (identity over the full range as root, uid and gid
+        // 0 rootless); a helper the child forks writes them (see Step::Lock).
+        if !config.privileged {
+            let map = if sys::ids().0 == 0 {
+                "0 0 4294967295\n"
+            } else {
+                "0 0 1\n"
+            };
+            extra.push(Step::Lock {
+                uid_map: map.into(),
+                gid_map: map.into(),
+            });
+        }
         if self.sandbox.cwd != "/" {
             extra.push(Step::Chdir(self.sandbox.cwd.clone()));
         }
@@ -387,6 +438,7 @@ impl Command {
         let mut child = Child {
             pid: spawned.pid,
             pidfd: spawned.pidfd,
+            _cgroup: spawned.cgroup,
             timeout: config.timeout,
             deadline: started.checked_add(config.timeout),
             status: None,
@@ -458,6 +510,8 @@ pub struct Child {
     timeout: Duration,
     deadline: Option<Instant>,
     status: Option<ExitStatus>,
+    /// Removed after the sandbox is reaped (field drops follow `Drop::drop`).
+    _cgroup: Option<crate::cgroup::PidsCgroup>,
     /// The program's standard input, when piped.
     pub stdin: Option<File>,
     /// The program's standard output, when piped.
@@ -618,6 +672,16 @@ mod tests {
         assert!(s.env.contains(&("A".into(), "1".into())));
         assert_eq!(s.env.iter().filter(|(k, _)| k == "PATH").count(), 1);
         assert!(s.env.contains(&("PATH".into(), "/bin".into())));
+    }
+
+    #[test]
+    fn bad_environment_is_named() {
+        for (k, v, shown) in [("", "x", "=x"), ("A=B", "c", "A=B=c"), ("A", "b\0", "A=b")] {
+            let env = [(k.to_string(), v.to_string())];
+            let e = validate_env(&env).unwrap_err().to_string();
+            assert!(e.contains("invalid env") && e.contains(shown), "{e}");
+        }
+        assert!(validate_env(&Sandbox::default().env).is_ok());
     }
 
     #[test]

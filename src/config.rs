@@ -33,7 +33,24 @@ pub struct Config {
     /// `work/` beside it) instead of the scratch tmpfs, so that what the sandbox wrote outlives
     /// it. Writes then reach the host disk. `None` (the default) keeps nothing.
     pub keep: Option<PathBuf>,
+    /// Leave `/proc/sys` writable (`proc_sys = "rw"`). As root, the sandbox's root is the
+    /// host's root to the kernel's sysctl checks, so host-wide knobs (`vm.*`, `kernel.*`)
+    /// become writable too: like `privileged`, no isolation boundary for those.
+    pub proc_sys_writable: bool,
+    /// The size of each tmpfs of the sandbox: the scratch that holds the overlay's writable
+    /// layer, `/tmp` and `/dev/shm` (tmpfs' `size=`: bytes with an optional `k`, `m` or `g`, or
+    /// a percentage of RAM such as `"25%"`). `None` keeps the kernel's default, half the RAM.
+    /// Filling it gives `ENOSPC` inside; nothing ever reaches the host disk.
+    pub tmpfs_size: Option<String>,
+    /// The most processes and threads the sandbox may have at once (a `pids` cgroup), so a
+    /// fork bomb ends with `EAGAIN` inside. `None` sets no limit. Applied where a `pids`
+    /// controller is writable (cgroup v2 with it delegated, or cgroup v1's `pids` hierarchy);
+    /// elsewhere there is no limit.
+    pub pids_max: Option<u64>,
 }
+
+/// The process limit when the attribute or builder does not set one.
+pub const DEFAULT_PIDS_MAX: u64 = 4096;
 
 /// One bind mount: a host path made visible at a path inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,11 +111,41 @@ impl Config {
             privileged: false,
             binds: Vec::new(),
             keep: None,
+            proc_sys_writable: false,
+            tmpfs_size: None,
+            pids_max: Some(DEFAULT_PIDS_MAX),
         }
     }
 
     /// Checks every value; the error names the option, the value and the fix.
     pub fn validate(&self) -> Result<()> {
+        if let Some(rootfs) = &self.rootfs {
+            if rootfs.trim().is_empty() || rootfs.contains('\0') {
+                return Err(Error::InvalidOption {
+                    option: "rootfs",
+                    value: rootfs.clone(),
+                    problem: "name a root filesystem, e.g. \"debian:bookworm\" or an absolute \
+                              directory, or leave it unset to use ISOTEST_ROOTFS or the default"
+                        .into(),
+                });
+            }
+        }
+        if let Some(size) = &self.tmpfs_size {
+            validate::tmpfs_size(size).map_err(|problem| Error::InvalidOption {
+                option: "tmpfs_size",
+                value: size.clone(),
+                problem,
+            })?;
+        }
+        if self.pids_max == Some(0) {
+            return Err(Error::InvalidOption {
+                option: "pids_max",
+                value: "0".into(),
+                problem: "the sandbox needs at least one process; leave it unset for the \
+                          default (4096)"
+                    .into(),
+            });
+        }
         validate::hostname(&self.hostname).map_err(|problem| Error::InvalidOption {
             option: "hostname",
             value: self.hostname.clone(),
@@ -120,6 +167,19 @@ impl Config {
                     if bind.readonly { "ro" } else { "rw" }
                 )
             };
+            if bind.source.as_os_str().is_empty()
+                || bind.destination.contains('\0')
+                || bind.destination.len() >= 4096
+                || bind.source.as_os_str().as_encoded_bytes().contains(&0)
+            {
+                return Err(Error::InvalidOption {
+                    option: "bind",
+                    value: value(),
+                    problem: "the source is empty, or a path holds a NUL byte or is longer \
+                              than PATH_MAX"
+                        .into(),
+                });
+            }
             if !bind.destination.starts_with('/') {
                 return Err(Error::InvalidOption {
                     option: "bind",
@@ -386,6 +446,63 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
         assert_eq!(format_duration(Duration::from_secs(30)), "30s");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+    }
+
+    #[test]
+    fn rejects_empty_overlong_and_garbage_values_naming_them() {
+        let check = |f: &dyn Fn(&mut Config), value: &str| {
+            let mut c = Config::new();
+            f(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(value), "{value:?}: {e}");
+        };
+        check(&|c| c.hostname = String::new(), "hostname \"\"");
+        check(&|c| c.hostname = "a".repeat(65), &"a".repeat(65));
+        check(&|c| c.hostname = "a\0b".into(), "hostname");
+        check(&|c| c.rootfs = Some(String::new()), "rootfs \"\"");
+        check(&|c| c.rootfs = Some("  ".into()), "rootfs \"  \"");
+        check(&|c| c.timeout = Duration::ZERO, "timeout \"0s\"");
+        check(&|c| c.tmpfs_size = Some(String::new()), "tmpfs_size \"\"");
+        check(&|c| c.tmpfs_size = Some("lots".into()), "\"lots\"");
+        check(&|c| c.tmpfs_size = Some("9".repeat(40)), &"9".repeat(40));
+        check(&|c| c.pids_max = Some(0), "pids_max \"0\"");
+        check(
+            &|c| {
+                c.binds.push(Bind {
+                    source: "/".into(),
+                    destination: "data".into(),
+                    readonly: true,
+                })
+            },
+            "/:data:ro",
+        );
+        check(
+            &|c| {
+                c.binds.push(Bind {
+                    source: "".into(),
+                    destination: "/data".into(),
+                    readonly: true,
+                })
+            },
+            ":/data:ro",
+        );
+        assert!(Config::new().validate().is_ok());
+    }
+
+    #[test]
+    fn bind_parse_rejects_empty_and_garbage() {
+        for bad in [
+            "",
+            ":",
+            "::",
+            "a:",
+            "a:b:c:d",
+            "x:/y:yes",
+            &format!("x:{}", "y".repeat(5000)),
+        ] {
+            let e = Bind::parse(bad, "/c").unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad:?}")), "{bad:?}: {e}");
+        }
     }
 
     #[test]

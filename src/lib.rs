@@ -85,6 +85,7 @@
 //! sandbox from inside it.
 #![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
+mod cgroup;
 pub mod cli;
 mod command;
 pub mod config;

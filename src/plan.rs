@@ -100,6 +100,21 @@ pub enum Step {
         /// What to write.
         value: String,
     },
+    /// Masks a kernel file or directory: `/dev/null` bound over a file, an empty read-only
+    /// tmpfs over a directory. A path this kernel does not have is skipped.
+    Mask {
+        /// The path to hide.
+        target: String,
+    },
+    /// Locks the sandbox after the pivot in command mode: a helper forked first (still in
+    /// this user namespace) writes `uid_map` and `gid_map` of a nested user namespace that the
+    /// child then enters with a new mount, UTS and IPC namespace (see [`crate::sandbox::lock`]).
+    Lock {
+        /// The nested namespace's uid map.
+        uid_map: String,
+        /// The nested namespace's gid map.
+        gid_map: String,
+    },
     /// `sethostname(name)`.
     Hostname(String),
     /// Brings `lo` up.
@@ -145,6 +160,11 @@ impl fmt::Display for Step {
             Step::Touch { path } => write!(f, "open({path:?}, O_CREAT)"),
             Step::Symlink { target, link } => write!(f, "symlink({target:?}, {link:?})"),
             Step::Sysctl { path, value } => write!(f, "write({path:?}, {value:?})"),
+            Step::Mask { target } => write!(f, "mask({target:?})"),
+            Step::Lock { .. } => write!(
+                f,
+                "unshare(CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWUTS|CLONE_NEWIPC) with id maps"
+            ),
             Step::Hostname(name) => write!(f, "sethostname({name:?})"),
             Step::LoopbackUp => write!(f, "ioctl(\"lo\", SIOCSIFFLAGS, IFF_UP)"),
             Step::Pivot(root) => write!(f, "pivot_root({root:?}, {root:?})"),
@@ -173,6 +193,11 @@ pub struct Input {
     /// A host directory (and the fd number reserved for it) that holds the overlay's upper
     /// and work dirs instead of the scratch tmpfs, so the writable layer outlives the sandbox.
     pub keep: Option<(String, i32)>,
+    /// Leave `/proc/sys` writable (`proc_sys = "rw"`).
+    pub proc_sys_writable: bool,
+    /// The `size=` of the scratch tmpfs (the overlay's writable layer), `/tmp` and `/dev/shm`;
+    /// `None` keeps the kernel's default, half of the RAM.
+    pub tmpfs_size: Option<String>,
 }
 
 /// One bind mount as the plan needs it.
@@ -202,8 +227,63 @@ pub fn net_sysctls(mapped_gids: u32) -> [(&'static str, String); 2] {
     ]
 }
 
-/// Paths under `/proc` made read-only: kernel knobs a test must not reach.
-pub const PROC_READONLY: [&str; 2] = ["sys", "sysrq-trigger"];
+/// Paths under `/proc` made read-only: kernel knobs a test must not reach (those of runc and
+/// Docker). Missing ones are skipped.
+pub const PROC_READONLY: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
+
+/// Kernel files and directories hidden from the sandbox, as the mainstream container runtimes
+/// hide them: `/dev/null` over files, an empty read-only tmpfs over directories. Missing ones
+/// are skipped.
+pub const MASKED: [&str; 9] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+
+/// The directories of the root filesystem the sandbox mounts on. Each must be a directory or
+/// absent (then made in the overlay's upper layer), never a symlink: the mount would follow it
+/// out of the new root.
+pub const MOUNT_POINTS: [&str; 4] = ["proc", "sys", "dev", "tmp"];
+
+/// Checks that the root filesystem `root` (and, for a kept layer, its upper layer `upper`)
+/// holds no symlink or file where the sandbox mounts. Runs before any fork.
+pub fn check_mount_points(root: &std::path::Path) -> Result<(), String> {
+    for dir in MOUNT_POINTS {
+        let path = root.join(dir);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).unwrap_or_default();
+            return Err(format!(
+                "/{dir} is a symlink to {}; the sandbox mounts on /{dir}, so it must be a \
+                 directory or absent",
+                target.display()
+            ));
+        }
+        if !meta.is_dir() {
+            return Err(format!(
+                "/{dir} is not a directory; the sandbox mounts on /{dir}, so it must be a \
+                 directory or absent"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `mode=...` plus `size=...` when set.
+fn tmpfs_data(mode: &str, size: Option<&str>) -> String {
+    match size {
+        Some(size) => format!("mode={mode},size={size}"),
+        None => format!("mode={mode}"),
+    }
+}
 
 /// Computes the steps that build the sandbox (everything up to, not including, the pivot).
 pub fn plan(input: &Input) -> Vec<Step> {
@@ -246,12 +326,13 @@ pub fn plan(input: &Input) -> Vec<Step> {
         });
     }
     // The scratch tmpfs: upper and work dirs of the overlay, and the new root's mount point.
+    let size = input.tmpfs_size.as_deref();
     steps.push(mount(
         "isotest",
         SCRATCH.into(),
         "tmpfs",
         NOSUID | NODEV,
-        Some("mode=0755"),
+        Some(&tmpfs_data("0755", size)),
     ));
     let (upper, work) = match &input.keep {
         None => (UPPER.to_string(), WORK.to_string()),
@@ -321,6 +402,9 @@ pub fn plan(input: &Input) -> Vec<Step> {
         });
     }
     for p in PROC_READONLY {
+        if p == "sys" && input.proc_sys_writable {
+            continue;
+        }
         let target = root(&format!("/proc/{p}"));
         steps.push(Step::Bind {
             source: target.clone(),
@@ -343,6 +427,9 @@ pub fn plan(input: &Input) -> Vec<Step> {
         RDONLY | NOSUID | NODEV | NOEXEC,
         None,
     ));
+    for path in MASKED {
+        steps.push(Step::Mask { target: root(path) });
+    }
 
     // /dev: a tmpfs with the harmless devices bound from the host (mknod is not allowed in a
     // user namespace), its own devpts, shm and the usual links.
@@ -399,7 +486,7 @@ pub fn plan(input: &Input) -> Vec<Step> {
         root("/dev/shm"),
         "tmpfs",
         NOSUID | NODEV,
-        Some("mode=1777"),
+        Some(&tmpfs_data("1777", size)),
     ));
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -423,7 +510,7 @@ pub fn plan(input: &Input) -> Vec<Step> {
         root("/tmp"),
         "tmpfs",
         NOSUID | NODEV,
-        Some("mode=1777"),
+        Some(&tmpfs_data("1777", size)),
     ));
 
     // Bind mounts, last so that they may land on any of the above. The mount point and the
@@ -477,6 +564,8 @@ mod tests {
             mapped_gids: u32::MAX,
             binds: Vec::new(),
             keep: None,
+            proc_sys_writable: false,
+            tmpfs_size: None,
         }
     }
 
@@ -572,6 +661,64 @@ mod tests {
             .iter()
             .any(|s| matches!(s, Step::Mount { fstype: Some(t), flags, .. }
             if t == "sysfs" && flags & flags::RDONLY != 0)));
+    }
+
+    #[test]
+    fn kernel_files_are_masked_and_proc_sys_may_stay_writable() {
+        let steps = plan(&input(true));
+        for p in MASKED {
+            let target = format!("{NEW_ROOT}{p}");
+            assert!(steps.contains(&Step::Mask { target }), "{p} not masked");
+        }
+        for p in ["bus", "fs", "irq"] {
+            let target = format!("{NEW_ROOT}/proc/{p}");
+            assert!(steps.iter().any(
+                |s| matches!(s, Step::Bind { target: t, readonly: true, optional: true, .. } if *t == target)
+            ));
+        }
+        let mut i = input(true);
+        i.proc_sys_writable = true;
+        let sys = format!("{NEW_ROOT}/proc/sys");
+        assert!(!plan(&i)
+            .iter()
+            .any(|s| matches!(s, Step::Bind { target, .. } if *target == sys)));
+    }
+
+    #[test]
+    fn tmpfs_size_limits_the_scratch_tmp_and_shm() {
+        let mut i = input(true);
+        i.tmpfs_size = Some("64m".into());
+        let sized: Vec<String> = plan(&i)
+            .iter()
+            .filter_map(|s| match s {
+                Step::Mount {
+                    target,
+                    data: Some(d),
+                    ..
+                } if d.contains("size=64m") => Some(target.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sized, [SCRATCH, "/tmp/root/dev/shm", "/tmp/root/tmp"]);
+        assert!(!plan(&input(true))
+            .iter()
+            .any(|s| s.to_string().contains("size=")));
+    }
+
+    #[test]
+    fn symlinked_mount_points_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(check_mount_points(root.path()), Ok(()));
+        std::fs::create_dir(root.path().join("proc")).unwrap();
+        assert_eq!(check_mount_points(root.path()), Ok(()));
+        std::os::unix::fs::symlink("/host-marker", root.path().join("dev")).unwrap();
+        let e = check_mount_points(root.path()).unwrap_err();
+        assert!(e.contains("/dev is a symlink to /host-marker"), "{e}");
+        std::fs::remove_file(root.path().join("dev")).unwrap();
+        std::fs::write(root.path().join("tmp"), "").unwrap();
+        assert!(check_mount_points(root.path())
+            .unwrap_err()
+            .contains("/tmp is not a directory"));
     }
 
     #[test]

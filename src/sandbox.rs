@@ -71,6 +71,10 @@ pub enum CStep {
     Symlink(CString, CString),
     /// See [`Step::Sysctl`].
     Sysctl(CString, CString),
+    /// See [`Step::Mask`].
+    Mask(CString),
+    /// See [`Step::Lock`]: the uid map and the gid map.
+    Lock(CString, CString),
     /// See [`Step::Hostname`].
     Hostname(CString),
     /// See [`Step::LoopbackUp`].
@@ -124,6 +128,8 @@ pub fn compile(steps: &[Step]) -> Result<Vec<CStep>> {
                 Step::Touch { path } => CStep::Touch(c(path)?),
                 Step::Symlink { target, link } => CStep::Symlink(c(target)?, c(link)?),
                 Step::Sysctl { path, value } => CStep::Sysctl(c(path)?, c(value)?),
+                Step::Mask { target } => CStep::Mask(c(target)?),
+                Step::Lock { uid_map, gid_map } => CStep::Lock(c(uid_map)?, c(gid_map)?),
                 Step::Hostname(name) => CStep::Hostname(c(name)?),
                 Step::LoopbackUp => CStep::LoopbackUp,
                 Step::Pivot(root) => CStep::Pivot(c(root)?),
@@ -172,6 +178,19 @@ fn apply(step: &CStep) -> std::result::Result<(), i32> {
         CStep::Touch(path) => raw::touch(path, 0o644),
         CStep::Symlink(target, link) => raw::symlink(target, link),
         CStep::Sysctl(path, value) => raw::write_to(path, value),
+        CStep::Mask(target) => match raw::is_dir(target) {
+            Err(libc::ENOENT) => Ok(()),
+            Err(e) => Err(e),
+            Ok(true) => raw::mount(
+                Some(c"isotest-mask"),
+                target,
+                Some(c"tmpfs"),
+                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                Some(c"mode=0555"),
+            ),
+            Ok(false) => raw::mount(Some(c"/dev/null"), target, None, libc::MS_BIND, None),
+        },
+        CStep::Lock(uid_map, gid_map) => lock_raw(uid_map, gid_map),
         CStep::Hostname(name) => raw::sethostname(name),
         CStep::LoopbackUp => raw::loopback_up(),
         CStep::Pivot(root) => {
@@ -188,6 +207,40 @@ fn apply(step: &CStep) -> std::result::Result<(), i32> {
         // A new session without a terminal, then the pty slave becomes its terminal.
         CStep::ControllingTerminal(fd) => raw::setsid_tiocsctty(*fd),
     }
+}
+
+/// [`lock`] for the cloned child of command mode, async-signal-safe: the child was cloned from
+/// a multi-threaded process, so it may not call the C library's `fork` (whose handlers take
+/// locks another thread may have held at the clone). It forks with a raw `clone(SIGCHLD)`
+/// instead; the helper only reads a pipe, writes the two prepared maps and `_exit`s. The child is
+/// PID 1 of its pid namespace and `/proc` is already that namespace's, so the maps are
+/// `/proc/1/uid_map` and `/proc/1/gid_map`.
+fn lock_raw(uid_map: &std::ffi::CStr, gid_map: &std::ffi::CStr) -> std::result::Result<(), i32> {
+    let (r, w) = raw::pipe()?;
+    let helper = raw::fork()?;
+    if helper == 0 {
+        raw::close(w);
+        let mut b = [0u8; 1];
+        if raw::read(r, &mut b) != Ok(1) {
+            raw::exit(1);
+        }
+        let ok = raw::write_to(c"/proc/1/uid_map", uid_map).is_ok()
+            && raw::write_to(c"/proc/1/gid_map", gid_map).is_ok();
+        raw::exit(if ok { 0 } else { 2 });
+    }
+    raw::close(r);
+    let unshared = raw::unshare(
+        libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
+    );
+    // Let the helper go on either way, so it never waits forever.
+    let _ = raw::write_all(w, b"g");
+    raw::close(w);
+    let status = raw::wait(helper)?;
+    unshared?;
+    if status != 0 {
+        return Err(libc::EPERM);
+    }
+    Ok(())
 }
 
 /// What the child execs once the sandbox is built.
@@ -303,6 +356,12 @@ pub fn child_main(p: &Prepared) -> ! {
     }
     if p.keep_channel && raw::keep_on_exec(p.channel).is_err() {
         raw::exit(125);
+    }
+    // Files the test or program creates are not group- or world-writable unless it asks, and
+    // no exec in the sandbox gains privileges (setuid binaries, file capabilities).
+    raw::umask(0o022);
+    if raw::set_no_new_privs().is_err() {
+        raw::exit(126);
     }
     let e = match p.exec.fd {
         Some(fd) => raw::execveat(fd, &p.exec.argv_ptrs, &p.exec.envp_ptrs),

@@ -40,6 +40,8 @@ pub struct Spawned {
     pub channel: OwnedFd,
     /// The steps the child applies, to describe a failed one.
     pub steps: Vec<Step>,
+    /// The sandbox's `pids` cgroup, removed when this is dropped (after the child is reaped).
+    pub cgroup: Option<crate::cgroup::PidsCgroup>,
 }
 
 /// The namespaces every sandbox gets, apart from the user namespace.
@@ -60,6 +62,19 @@ pub fn spawn(
     keep_channel: bool,
     extra_steps: Vec<Step>,
 ) -> Result<Spawned> {
+    // The sandbox mounts on /proc, /sys, /dev and /tmp of the root: a symlink there would take
+    // the mount (and the files made under it) out of the new root.
+    let hostile = |root: &Path| {
+        plan::check_mount_points(root).map_err(|problem| Error::InvalidOption {
+            option: "rootfs",
+            value: root.display().to_string(),
+            problem,
+        })
+    };
+    hostile(lower)?;
+    if let Some(keep) = &config.keep {
+        hostile(&keep.join("upper"))?;
+    }
     // Reserve an fd number for the lower layer; the child opens the layer onto it.
     let lower_fd = sys::open(Path::new("/dev/null"), libc::O_RDONLY)?;
     // The same for each bind source, whose mount point is resolved inside the root first.
@@ -100,6 +115,8 @@ pub fn spawn(
             .as_ref()
             .zip(keep_fd.as_ref())
             .map(|(path, fd)| (path.to_string_lossy().into_owned(), fd.as_raw_fd())),
+        proc_sys_writable: config.proc_sys_writable,
+        tmpfs_size: config.tmpfs_size.clone(),
     });
     steps.extend(extra_steps);
     let (supervisor_channel, child_channel) = sys::socketpair()?;
@@ -122,6 +139,7 @@ pub fn spawn(
         } else {
             0
         };
+    let cgroup = config.pids_max.and_then(crate::cgroup::PidsCgroup::create);
     crate::trace::mark("prepare");
     let (pid, pidfd) = sys::clone3(flags, &prepared, sandbox::child_main)?;
     crate::trace::mark("clone");
@@ -132,6 +150,7 @@ pub fn spawn(
         pidfd,
         channel: supervisor_channel,
         steps,
+        cgroup,
     };
     if let Err(e) = handshake(&spawned, userns) {
         let _ = sys::pidfd_send_signal(&spawned.pidfd, libc::SIGKILL);
@@ -157,6 +176,10 @@ fn handshake(s: &Spawned, userns: bool) -> Result<()> {
         crate::idmap::current().write(s.pid)?;
     }
     crate::trace::mark("idmap");
+    // Into its pids cgroup before it goes on, so that everything it starts counts.
+    if let Some(cgroup) = &s.cgroup {
+        cgroup.add(s.pid)?;
+    }
     sys::write_all(s.channel.as_raw_fd(), &[msg::GO]).map_err(|e| Error::Sys {
         call: "write(channel, GO)".into(),
         errno: crate::error::Errno(e),
@@ -271,7 +294,8 @@ impl Relay {
 /// Supervises a sandboxed test: relays its output, reads its reports, enforces `timeout`,
 /// and reaps it.
 pub fn supervise(s: Spawned, stdout: OwnedFd, stderr: OwnedFd, timeout: Duration) -> Result<Ended> {
-    let deadline = Instant::now() + timeout;
+    // A timeout too far out to represent is no timeout.
+    let deadline = Instant::now().checked_add(timeout);
     let mut out = Relay::new(stdout, false)?;
     let mut err = Relay::new(stderr, true)?;
     let mut channel = Some(s.channel);
@@ -292,11 +316,12 @@ pub fn supervise(s: Spawned, stdout: OwnedFd, stderr: OwnedFd, timeout: Duration
             pollfd(err.raw()),
             pollfd(if exited { -1 } else { s.pidfd.as_raw_fd() }),
         ];
-        let wait_ms = if timed_out {
-            -1
-        } else {
-            let left = deadline.saturating_duration_since(Instant::now());
-            left.as_millis().min(i32::MAX as u128) as i32
+        let wait_ms = match deadline {
+            Some(deadline) if !timed_out => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                left.as_millis().min(i32::MAX as u128) as i32
+            }
+            _ => -1,
         };
         if sys::poll(&mut fds, wait_ms)? == 0 && !timed_out {
             timed_out = true;
@@ -360,6 +385,8 @@ pub fn supervise(s: Spawned, stdout: OwnedFd, stderr: OwnedFd, timeout: Duration
         }
     }
     let exit = sys::waitid_pidfd(&s.pidfd)?;
+    // Reaped: the whole pid namespace is gone, so its cgroup can go.
+    drop(s.cgroup);
     crate::trace::mark("reap");
     Ok(Ended {
         report,
@@ -398,6 +425,10 @@ pub fn test_exec(test: &str, channel: RawFd, lock: bool, env: &[(&str, &str)]) -
         c(b"--test-threads=1")?,
         c(b"--include-ignored")?,
     ];
+    // The host's environment stays (libtest's and cargo's variables, TERM), but the paths it
+    // names belong to the host: PATH and HOME are the sandbox's own.
+    let defaults = [("PATH", crate::command::DEFAULT_PATH), ("HOME", "/root")];
+    let env: Vec<(&str, &str)> = defaults.iter().chain(env).copied().collect();
     let mut envp: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| k != ENV_SANDBOX && !env.iter().any(|(e, _)| k == e))
         .map(|(k, v)| {
@@ -407,7 +438,7 @@ pub fn test_exec(test: &str, channel: RawFd, lock: bool, env: &[(&str, &str)]) -
             c(&kv)
         })
         .collect::<Result<_>>()?;
-    for (k, v) in env {
+    for (k, v) in &env {
         envp.push(c(format!("{k}={v}").as_bytes())?);
     }
     let lock = if lock { "lock" } else { "nolock" };

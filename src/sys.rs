@@ -630,6 +630,88 @@ pub mod raw {
     pub fn exit(code: i32) -> ! {
         super::exit_now(code)
     }
+
+    /// `umask(mask)`.
+    pub fn umask(mask: libc::mode_t) {
+        // SAFETY: umask cannot fail.
+        unsafe { libc::umask(mask) };
+    }
+
+    /// `prctl(PR_SET_NO_NEW_PRIVS, 1)`: exec never grants privileges again (setuid bits and
+    /// file capabilities are ignored), for this process and everything it starts.
+    pub fn set_no_new_privs() -> R {
+        // SAFETY: plain prctl.
+        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as _)
+    }
+
+    /// `lstat(path)`: whether `path` is a directory.
+    pub fn is_dir(path: &CStr) -> std::result::Result<bool, i32> {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: valid path and out-pointer.
+        if unsafe { libc::lstat(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+            return Err(super::errno());
+        }
+        // SAFETY: lstat succeeded, so st is initialised.
+        Ok(unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    }
+
+    /// `pipe2(O_CLOEXEC)`: (read end, write end).
+    pub fn pipe() -> std::result::Result<(RawFd, RawFd), i32> {
+        let mut fds = [-1; 2];
+        // SAFETY: fds has room for the two fds.
+        check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as _)?;
+        Ok((fds[0], fds[1]))
+    }
+
+    /// `clone(SIGCHLD)` as a raw system call: fork(2) without the C library's fork handlers,
+    /// which take locks another thread of the process this child was cloned from may have held.
+    /// Returns 0 in the new child and its pid in the caller.
+    pub fn fork() -> std::result::Result<libc::pid_t, i32> {
+        // SAFETY: clone with only an exit signal and no stack is fork(2): the child runs on a
+        // copy of this stack. Callers are single-threaded and only make raw calls afterwards.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                libc::SIGCHLD as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
+        if r < 0 {
+            Err(super::errno())
+        } else {
+            Ok(r as libc::pid_t)
+        }
+    }
+
+    /// `unshare(flags)`.
+    pub fn unshare(flags: libc::c_int) -> R {
+        // SAFETY: plain syscall.
+        check(unsafe { libc::unshare(flags) } as _)
+    }
+
+    /// `wait4(pid, &status, 0)`: the exit code (or 128 + the signal).
+    pub fn wait(pid: libc::pid_t) -> std::result::Result<i32, i32> {
+        let mut status = 0;
+        loop {
+            // SAFETY: valid out-pointer.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if r == pid {
+                break;
+            }
+            let e = super::errno();
+            if e != libc::EINTR {
+                return Err(e);
+            }
+        }
+        Ok(if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        })
+    }
 }
 
 /// `fcntl(fd, F_SETFD, FD_CLOEXEC)`.

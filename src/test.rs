@@ -27,6 +27,11 @@ pub(crate) fn config_from_meta(meta: &Meta) -> Result<Config> {
         None => config::env_timeout()?.unwrap_or(config::DEFAULT_TIMEOUT),
     };
     c.privileged = meta.privileged;
+    c.proc_sys_writable = meta.proc_sys_rw;
+    c.tmpfs_size = meta.tmpfs_size.map(str::to_string);
+    if let Some(max) = meta.pids_max {
+        c.pids_max = Some(max);
+    }
     c.binds = meta
         .bind
         .iter()

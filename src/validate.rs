@@ -100,6 +100,31 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Checks a tmpfs `size=` value: a whole number of bytes with an optional `k`, `m` or `g`
+/// suffix, or a percentage of RAM from 1 to 100 (`"25%"`).
+pub fn tmpfs_size(text: &str) -> Result<(), String> {
+    let fix = "write bytes with an optional unit or a share of RAM: \"64m\", \"1g\" or \"25%\"";
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    if number.is_empty() {
+        return Err(format!("size {text:?} does not start with a number; {fix}"));
+    }
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("size {text:?} is too large; {fix}"))?;
+    let ok = match unit {
+        "" | "k" | "K" | "m" | "M" | "g" | "G" => n > 0 && n.checked_mul(1 << 30).is_some(),
+        "%" => (1..=100).contains(&n),
+        other => return Err(format!("size {text:?} has unknown unit {other:?}; {fix}")),
+    };
+    if !ok {
+        return Err(format!("size {text:?} is zero or too large; {fix}"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +162,27 @@ mod tests {
         assert_eq!(hostname_from_fn(&"a".repeat(100)).len(), 63);
         for name in ["t", "case_1_x", "_leading", "mod::case_2"] {
             assert_eq!(hostname(&hostname_from_fn(name)), Ok(()));
+        }
+    }
+
+    #[test]
+    fn tmpfs_sizes() {
+        for good in ["64m", "1g", "4096", "512k", "25%", "100%"] {
+            assert_eq!(tmpfs_size(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "m",
+            "0",
+            "0m",
+            "64mb",
+            "101%",
+            "0%",
+            "-1m",
+            "1.5g",
+            "99999999999999999999",
+        ] {
+            assert!(tmpfs_size(bad).is_err(), "{bad:?} accepted");
         }
     }
 

@@ -4,7 +4,7 @@
 use proc_macro2::Span;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
-use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitStr, Token};
+use syn::{Expr, ExprLit, Ident, Lit, LitBool, LitInt, LitStr, Token};
 
 use crate::validate;
 
@@ -17,6 +17,9 @@ const NAMES: &[&str] = &[
     "writes",
     "bind",
     "allow_leaks",
+    "proc_sys",
+    "tmpfs_size",
+    "pids_max",
 ];
 
 /// The leak checks a test may opt out of.
@@ -33,6 +36,11 @@ pub struct Args {
     pub writes: Option<Vec<LitStr>>,
     pub bind: Option<Vec<LitStr>>,
     pub allow_leaks: Option<Vec<LitStr>>,
+    /// `proc_sys = "rw"` or `"ro"`.
+    pub proc_sys_rw: Option<LitStr>,
+    pub tmpfs_size: Option<LitStr>,
+    /// `pids_max = N`, as a `u64` literal.
+    pub pids_max: Option<LitInt>,
 }
 
 /// One `name = value` pair, not yet checked.
@@ -163,6 +171,44 @@ impl Args {
                 }
                 put(&mut self.allow_leaks, leaks).map_err(|_| duplicate())
             }
+            "proc_sys" => {
+                let lit = string(&key, &value)?;
+                if !matches!(lit.value().as_str(), "rw" | "ro") {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        format!(
+                            "proc_sys {:?} is neither \"rw\" nor \"ro\"; `proc_sys = \"rw\"` \
+                             leaves /proc/sys writable (as root, host-wide knobs too)",
+                            lit.value()
+                        ),
+                    ));
+                }
+                put(&mut self.proc_sys_rw, lit).map_err(|_| duplicate())
+            }
+            "tmpfs_size" => {
+                let lit = string(&key, &value)?;
+                validate::tmpfs_size(&lit.value())
+                    .map_err(|problem| syn::Error::new(lit.span(), problem))?;
+                put(&mut self.tmpfs_size, lit).map_err(|_| duplicate())
+            }
+            "pids_max" => match &value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Int(n), ..
+                }) => {
+                    let max: u64 = n.base10_parse().map_err(|_| {
+                        syn::Error::new(n.span(), "pids_max is too large for a u64")
+                    })?;
+                    if max == 0 {
+                        return Err(syn::Error::new(
+                            n.span(),
+                            "pids_max is zero; the sandbox needs at least one process",
+                        ));
+                    }
+                    let lit = LitInt::new(&format!("{max}u64"), n.span());
+                    put(&mut self.pids_max, lit).map_err(|_| duplicate())
+                }
+                other => Err(wrong_kind(&key, other, "an integer literal")),
+            },
             _ => Err(syn::Error::new(
                 name.span(),
                 format!(
@@ -279,6 +325,9 @@ fn example(key: &str) -> Option<&'static str> {
         "writes" => "writes = [\"/etc/myapp\"]",
         "bind" => "bind = [\"fixtures/data:/data:ro\"]",
         "allow_leaks" => "allow_leaks = [\"processes\"]",
+        "proc_sys" => "proc_sys = \"rw\"",
+        "tmpfs_size" => "tmpfs_size = \"64m\"",
+        "pids_max" => "pids_max = 256",
         _ => return None,
     })
 }
@@ -358,7 +407,7 @@ mod tests {
         assert_eq!(
             error(r#"hostnme = "web1""#),
             "unknown argument `hostnme`; expected one of `hostname`, `rootfs`, `timeout`, \
-             `privileged`, `writes`, `bind`, `allow_leaks`"
+             `privileged`, `writes`, `bind`, `allow_leaks`, `proc_sys`, `tmpfs_size`, `pids_max`"
         );
         assert!(error(r#"rootfs = "a", rootfs = "b""#).starts_with("duplicate argument `rootfs`"));
         assert!(error("privileged").contains("`privileged = true`"));
@@ -388,6 +437,19 @@ mod tests {
     #[test]
     fn writes_are_absolute() {
         assert!(error(r#"writes = ["/etc", "etc"]"#).contains("\"etc\" is not absolute"));
+    }
+
+    #[test]
+    fn limits_and_proc_sys() {
+        let args = parse(r#"proc_sys = "rw", tmpfs_size = "64m", pids_max = 64"#).unwrap();
+        assert_eq!(args.proc_sys_rw.unwrap().value(), "rw");
+        assert_eq!(args.tmpfs_size.unwrap().value(), "64m");
+        assert_eq!(args.pids_max.unwrap().base10_parse::<u64>().unwrap(), 64);
+        assert!(error(r#"proc_sys = "yes""#).contains("neither"));
+        assert!(error(r#"tmpfs_size = "lots""#).contains("\"lots\""));
+        assert!(error(r#"tmpfs_size = """#).contains("does not start with a number"));
+        assert!(error("pids_max = 0").contains("zero"));
+        assert!(error(r#"pids_max = "64""#).contains("expects an integer literal"));
     }
 
     #[test]

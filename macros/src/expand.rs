@@ -197,8 +197,20 @@ fn meta(args: &Args, name: &LitStr) -> TokenStream {
     if let Some(leaks) = &args.allow_leaks {
         fields.push(quote!(allow_leaks: &[#(#leaks),*],));
     }
-    // Six optional fields; name, module_path, manifest_dir and hostname are always written.
-    let rest = (fields.len() < 6).then(|| quote!(..::isotest::__private::Meta::DEFAULT));
+    if let Some(rw) = &args.proc_sys_rw {
+        let rw = rw.value() == "rw";
+        fields.push(quote!(proc_sys_rw: #rw,));
+    }
+    if let Some(size) = &args.tmpfs_size {
+        let size = some(size.to_token_stream());
+        fields.push(quote!(tmpfs_size: #size,));
+    }
+    if let Some(max) = &args.pids_max {
+        let max = some(max.to_token_stream());
+        fields.push(quote!(pids_max: #max,));
+    }
+    // Nine optional fields; name, module_path, manifest_dir and hostname are always written.
+    let rest = (fields.len() < 9).then(|| quote!(..::isotest::__private::Meta::DEFAULT));
     quote! {
         ::isotest::__private::Meta {
             name: #name,
@@ -256,7 +268,8 @@ mod tests {
     fn arguments_become_meta_fields() {
         let out = expand(
             r#"hostname = "web1", timeout = "5s", privileged = true, writes = ["/etc/x"],
-               bind = ["a:/b"], allow_leaks = ["mounts"], rootfs = "host""#,
+               bind = ["a:/b"], allow_leaks = ["mounts"], rootfs = "host", proc_sys = "rw",
+               tmpfs_size = "64m", pids_max = 64"#,
             "fn t() {}",
         )
         .unwrap();
@@ -269,6 +282,9 @@ mod tests {
             r#"bind:&["a:/b"]"#,
             r#"allow_leaks:&["mounts"]"#,
             r#"rootfs:::core::option::Option::Some("host")"#,
+            "proc_sys_rw:true",
+            r#"tmpfs_size:::core::option::Option::Some("64m")"#,
+            "pids_max:::core::option::Option::Some(64u64)",
         ] {
             assert!(out.contains(field), "{field} missing in {out}");
         }

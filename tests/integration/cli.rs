@@ -72,6 +72,28 @@ fn run_reports_a_missing_program_with_status_125() {
 }
 
 #[test]
+fn run_rejects_an_empty_or_missing_rootfs_before_any_fork() {
+    for (rootfs, shown) in [("", "rootfs \"\""), ("/no/such/rootfs", "/no/such/rootfs")] {
+        let out = isotest(&["run", "--rootfs", rootfs, "--", "true"]);
+        assert!(!out.status.success(), "{rootfs:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(shown), "{rootfs:?}: {err}");
+    }
+}
+
+#[test]
+fn a_missing_program_names_the_program_and_the_rootfs() {
+    let out = isotest(&["run", "--", "/usr/bin/no-such-tool", "x"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    let spec = isotest::rootfs::spec_or_default(None);
+    assert!(
+        err.contains("\"/usr/bin/no-such-tool\"") && err.contains(&spec),
+        "{err}"
+    );
+}
+
+#[test]
 fn run_times_out_with_status_124() {
     let out = isotest(&["run", "--timeout", "300ms", "--", "sleep", "30"]);
     assert_eq!(out.status.code(), Some(124));
@@ -94,6 +116,32 @@ fn run_rejects_bad_values_naming_them() {
             "bad_name",
         ),
         (&["run", "--env", "novalue", "--", "true"][..], "novalue"),
+        (
+            &["run", "--hostname", "", "--", "true"][..],
+            "hostname is empty",
+        ),
+        (
+            &["run", "--hostname", &"h".repeat(70), "--", "true"][..],
+            &"h".repeat(70),
+        ),
+        (
+            &["run", "--hostname", "web\u{1}", "--", "true"][..],
+            r#""web\u{1}""#,
+        ),
+        (&["run", "--timeout", "", "--", "true"][..], "\"\""),
+        (&["run", "--timeout", "soon", "--", "true"][..], "soon"),
+        (
+            &["run", "--timeout", "99999999999999999999s", "--", "true"][..],
+            "99999999999999999999s",
+        ),
+        (&["run", "--bind", "", "--", "true"][..], "\"\""),
+        (&["run", "--bind", ":/x", "--", "true"][..], ":/x"),
+        (&["run", "--env", "", "--", "true"][..], "\"\""),
+        (&["run", "--env", "=v", "--", "true"][..], "=v"),
+        (&["run", "--tmpfs-size", "lots", "--", "true"][..], "lots"),
+        (&["run", "--tmpfs-size", "", "--", "true"][..], "\"\""),
+        (&["run", "--pids-max", "0", "--", "true"][..], "0"),
+        (&["run", "--pids-max", "many", "--", "true"][..], "many"),
         (&["run"][..], "PROGRAM"),
     ] {
         let out = isotest(args);

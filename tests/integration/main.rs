@@ -5,6 +5,8 @@ mod binds;
 mod cli;
 mod command;
 mod core;
+mod escape;
+mod faults;
 mod fixtures;
 mod nextest;
 mod rootfs;

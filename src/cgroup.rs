@@ -49,11 +49,6 @@ impl PidsCgroup {
         let file = self.path.join("cgroup.procs");
         crate::sys::write_file(&file.to_string_lossy(), &pid.to_string())
     }
-
-    /// The cgroup's directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for PidsCgroup {

@@ -77,10 +77,22 @@ impl<E: std::fmt::Debug> Outcome for Result<(), E> {
 
 /// Runs `body` in a fresh sandbox: called by the test thread (the supervisor) and again,
 /// after the re-exec, inside the sandbox.
+#[cfg(target_os = "linux")]
 pub fn run<T: Outcome>(meta: &Meta, body: impl FnOnce() -> T) -> T {
     crate::sys::keep_pre_main();
     match crate::test::sandboxed() {
         Some(early) => crate::test::in_sandbox(meta, early, body),
         None => crate::test::supervise(meta),
     }
+}
+
+/// Elsewhere than Linux there are no namespaces to run the test in: it fails, saying so.
+#[cfg(not(target_os = "linux"))]
+pub fn run<T: Outcome>(meta: &Meta, body: impl FnOnce() -> T) -> T {
+    let _ = body;
+    panic!(
+        "isotest requires Linux: test `{}` runs in Linux namespaces, which {} does not have",
+        meta.name,
+        std::env::consts::OS
+    )
 }

@@ -220,6 +220,7 @@ impl Config {
             .collect()
     }
 
+    #[cfg(target_os = "linux")]
     /// The rootfs spec in force: the configured one, else `ISOTEST_ROOTFS`, else the default
     /// ([`crate::rootfs::DEFAULT_SPEC`]); relative `tar:` and `dir:` paths are taken from `base`.
     pub fn rootfs_spec(&self, base: &Path) -> String {
@@ -229,6 +230,7 @@ impl Config {
         )
     }
 
+    #[cfg(target_os = "linux")]
     /// Resolves the root filesystem (building or unpacking it on first use) and adds the
     /// read-only binds its spec needs (`host`). Returns the spec and the lower layer.
     pub fn resolve_rootfs(&mut self, base: &Path) -> Result<(String, PathBuf)> {

@@ -1,13 +1,13 @@
 //! A `pids` cgroup per sandbox: the limit on processes and threads that contains a fork bomb.
 //!
-//! `RLIMIT_NPROC` cannot do it: it counts every process of the real uid across the whole system
-//! (the identity map keeps the sandbox's root kuid 0, so the host's root shares the count) and it
-//! does not stop root anyway. A `pids` cgroup counts exactly the sandbox's processes. The
+//! A `pids` cgroup counts exactly the sandbox's processes and threads. (The plan also sets
+//! `RLIMIT_NPROC`, which inside the sandbox's own user namespace counts only the sandbox's
+//! processes: the limit that holds where no cgroup can be made, e.g. rootless.) The
 //! supervisor makes one beside its own cgroup — in cgroup v2 where the `pids` controller is
 //! delegated to it, else in cgroup v1's `pids` hierarchy (hybrid hosts) — sets `pids.max`, moves
 //! the child in before the child goes on past the handshake (so everything it starts is
-//! counted), and removes the cgroup once the child is reaped. Where neither is writable there is
-//! no limit. Cgroups left by a killed supervisor are removed by the next one.
+//! counted), and removes the cgroup once the child is reaped. Cgroups left by a killed
+//! supervisor are removed by the next one.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,23 +25,12 @@ impl PidsCgroup {
     /// Makes a cgroup with `pids.max = max`, or `None` where no `pids` controller is writable.
     pub fn create(max: u64) -> Option<PidsCgroup> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        static SWEPT: std::sync::Once = std::sync::Once::new();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{PREFIX}{}-{n}", std::process::id());
-        let parents = candidates();
-        SWEPT.call_once(|| parents.iter().for_each(|p| sweep(p)));
-        for parent in parents {
-            let path = parent.join(&name);
-            if std::fs::create_dir(&path).is_err() {
-                continue;
-            }
-            let cgroup = PidsCgroup { path };
-            if std::fs::write(cgroup.path.join("pids.max"), max.to_string()).is_ok() {
-                return Some(cgroup);
-            }
-            // No pids controller here (cgroup v2 without it delegated): try the next one.
-        }
-        None
+        let path = parent()?.join(format!("{PREFIX}{}-{n}", std::process::id()));
+        std::fs::create_dir(&path).ok()?;
+        let cgroup = PidsCgroup { path };
+        std::fs::write(cgroup.path.join("pids.max"), max.to_string()).ok()?;
+        Some(cgroup)
     }
 
     /// Moves the process `pid` (and so everything it starts from now on) into the cgroup.
@@ -64,6 +53,29 @@ impl Drop for PidsCgroup {
             }
         }
     }
+}
+
+/// Where this process's sandboxes get their cgroups: the first of [`candidates`] where a
+/// cgroup with a writable `pids.max` can be made, found once per process (which also removes
+/// cgroups that killed supervisors left behind).
+fn parent() -> Option<&'static Path> {
+    static PARENT: once_cell::sync::OnceCell<Option<PathBuf>> = once_cell::sync::OnceCell::new();
+    PARENT
+        .get_or_init(|| {
+            let probe = format!("{PREFIX}{}-probe", std::process::id());
+            candidates().into_iter().find(|parent| {
+                sweep(parent);
+                let path = parent.join(&probe);
+                if std::fs::create_dir(&path).is_err() {
+                    return false;
+                }
+                // cgroup v2 without the pids controller delegated has no pids.max.
+                let works = std::fs::write(path.join("pids.max"), "max").is_ok();
+                let _ = std::fs::remove_dir(&path);
+                works
+            })
+        })
+        .as_deref()
 }
 
 /// Where a sandbox's cgroup may go: beside this process's cgroup in the v2 hierarchy, then in

@@ -358,18 +358,11 @@ impl Command {
         // Then lock it, as a re-executed test locks itself before main (sandbox::lock): in a
         // nested user namespace every mount is locked, so the program's root cannot unmount or
         // remount what masks the host's kernel knobs, nor mount a fresh procfs or sysfs. The
-        // nested maps restate the outer ones (identity over the full range as root, uid and gid
-        // 0 rootless); a helper the child forks writes them (see Step::Lock).
+        // nested maps restate the outer ones (see IdMap::nested); a helper the child forks
+        // writes them (see Step::Lock).
         if !config.privileged {
-            let map = if sys::ids().0 == 0 {
-                "0 0 4294967295\n"
-            } else {
-                "0 0 1\n"
-            };
-            extra.push(Step::Lock {
-                uid_map: map.into(),
-                gid_map: map.into(),
-            });
+            let (uid_map, gid_map) = crate::idmap::current().nested();
+            extra.push(Step::Lock { uid_map, gid_map });
         }
         if self.sandbox.cwd != "/" {
             extra.push(Step::Chdir(self.sandbox.cwd.clone()));

@@ -57,6 +57,22 @@ impl IdMap {
         }
     }
 
+    /// The maps of a nested user namespace, written from inside this one: the same ids, each
+    /// to itself. Returns `(uid_map, gid_map)`.
+    pub fn nested(&self) -> (String, String) {
+        let restate = |ranges: &[Range]| -> String {
+            ranges
+                .iter()
+                .map(|r| format!("{} {} {}\n", r.inside, r.inside, r.count))
+                .collect()
+        };
+        match self {
+            IdMap::Identity => ("0 0 4294967295\n".into(), "0 0 4294967295\n".into()),
+            IdMap::Single { .. } => ("0 0 1\n".into(), "0 0 1\n".into()),
+            IdMap::Subordinate { uids, gids } => (restate(uids), restate(gids)),
+        }
+    }
+
     /// Writes the maps of process `pid`, which has just entered its new user namespace.
     pub fn write(&self, pid: libc::pid_t) -> Result<()> {
         match self {
@@ -218,6 +234,7 @@ mod tests {
         let m = choose(true, 0, 0, Some("root"), SUB, SUB, true);
         assert_eq!(m, IdMap::Identity);
         assert_eq!(m.mapped_gids(), u32::MAX);
+        assert_eq!(m.nested().0, "0 0 4294967295\n");
     }
 
     #[test]
@@ -243,6 +260,8 @@ mod tests {
         );
         assert_eq!(gids.len(), 2);
         assert_eq!(m.mapped_gids(), 65537);
+        let nested = "0 0 1\n1 1 65536\n".to_string();
+        assert_eq!(m.nested(), (nested.clone(), nested));
     }
 
     #[test]

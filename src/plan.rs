@@ -117,6 +117,8 @@ pub enum Step {
     },
     /// `sethostname(name)`.
     Hostname(String),
+    /// `setrlimit(RLIMIT_NPROC, max)`, soft and hard.
+    LimitProcesses(u64),
     /// Brings `lo` up.
     LoopbackUp,
     /// `chdir(new_root)`, `pivot_root(".", ".")`, `umount2(".", MNT_DETACH)`, `chdir("/")`.
@@ -166,6 +168,7 @@ impl fmt::Display for Step {
                 "unshare(CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWUTS|CLONE_NEWIPC) with id maps"
             ),
             Step::Hostname(name) => write!(f, "sethostname({name:?})"),
+            Step::LimitProcesses(max) => write!(f, "setrlimit(RLIMIT_NPROC, {max})"),
             Step::LoopbackUp => write!(f, "ioctl(\"lo\", SIOCSIFFLAGS, IFF_UP)"),
             Step::Pivot(root) => write!(f, "pivot_root({root:?}, {root:?})"),
             Step::Chdir(path) => write!(f, "chdir({path:?})"),
@@ -198,6 +201,9 @@ pub struct Input {
     /// The `size=` of the scratch tmpfs (the overlay's writable layer), `/tmp` and `/dev/shm`;
     /// `None` keeps the kernel's default, half of the RAM.
     pub tmpfs_size: Option<String>,
+    /// `RLIMIT_NPROC` for the sandbox, `None` for none. In its own user namespace it counts
+    /// only the sandbox's processes: the limit that holds where no pids cgroup can be made.
+    pub nproc: Option<u64>,
 }
 
 /// One bind mount as the plan needs it.
@@ -548,6 +554,9 @@ pub fn plan(input: &Input) -> Vec<Step> {
 
     steps.push(Step::Hostname(input.hostname.clone()));
     steps.push(Step::LoopbackUp);
+    if let Some(max) = input.nproc {
+        steps.push(Step::LimitProcesses(max));
+    }
     steps
 }
 
@@ -566,6 +575,7 @@ mod tests {
             keep: None,
             proc_sys_writable: false,
             tmpfs_size: None,
+            nproc: None,
         }
     }
 

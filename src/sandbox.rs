@@ -77,6 +77,8 @@ pub enum CStep {
     Lock(CString, CString),
     /// See [`Step::Hostname`].
     Hostname(CString),
+    /// See [`Step::LimitProcesses`].
+    LimitProcesses(u64),
     /// See [`Step::LoopbackUp`].
     LoopbackUp,
     /// See [`Step::Pivot`].
@@ -131,6 +133,7 @@ pub fn compile(steps: &[Step]) -> Result<Vec<CStep>> {
                 Step::Mask { target } => CStep::Mask(c(target)?),
                 Step::Lock { uid_map, gid_map } => CStep::Lock(c(uid_map)?, c(gid_map)?),
                 Step::Hostname(name) => CStep::Hostname(c(name)?),
+                Step::LimitProcesses(max) => CStep::LimitProcesses(*max),
                 Step::LoopbackUp => CStep::LoopbackUp,
                 Step::Pivot(root) => CStep::Pivot(c(root)?),
                 Step::Chdir(path) => CStep::Chdir(c(path)?),
@@ -192,6 +195,7 @@ fn apply(step: &CStep) -> std::result::Result<(), i32> {
         },
         CStep::Lock(uid_map, gid_map) => lock_raw(uid_map, gid_map),
         CStep::Hostname(name) => raw::sethostname(name),
+        CStep::LimitProcesses(max) => raw::setrlimit(libc::RLIMIT_NPROC, *max),
         CStep::LoopbackUp => raw::loopback_up(),
         CStep::Pivot(root) => {
             // Enter the new root, so that "." names it.
@@ -209,38 +213,68 @@ fn apply(step: &CStep) -> std::result::Result<(), i32> {
     }
 }
 
-/// [`lock`] for the cloned child of command mode, async-signal-safe: the child was cloned from
-/// a multi-threaded process, so it may not call the C library's `fork` (whose handlers take
-/// locks another thread may have held at the clone). It forks with a raw `clone(SIGCHLD)`
-/// instead; the helper only reads a pipe, writes the two prepared maps and `_exit`s. The child is
-/// PID 1 of its pid namespace and `/proc` is already that namespace's, so the maps are
-/// `/proc/1/uid_map` and `/proc/1/gid_map`.
+/// What the lock's helper needs: the pipe it waits on and the maps it writes.
+struct LockHelper<'a> {
+    go: RawFd,
+    uid_map: &'a std::ffi::CStr,
+    gid_map: &'a std::ffi::CStr,
+}
+
+/// The lock's helper: waits until its parent (PID 1) is in the nested user namespace, then
+/// writes its maps from the outer one. Raw calls only (see [`raw::spawn_helper`]).
+extern "C" fn lock_helper(arg: *mut libc::c_void) -> libc::c_int {
+    // `arg` is the LockHelper that lock_raw keeps alive until this helper has exited.
+    let h = crate::sys::deref_helper_arg(arg as *const LockHelper<'_>);
+    let mut b = [0u8; 1];
+    if raw::read(h.go, &mut b) != Ok(1) {
+        return 1;
+    }
+    let ok = raw::write_to(c"/proc/1/uid_map", h.uid_map).is_ok()
+        && raw::write_to(c"/proc/1/gid_map", h.gid_map).is_ok();
+    if ok {
+        0
+    } else {
+        2
+    }
+}
+
+/// Locks the sandbox, async-signal-safe: moves this single-threaded process — PID 1 of the
+/// sandbox, after the pivot — into a nested user, mount, UTS and IPC namespace whose id maps
+/// (`uid_map`, `gid_map`) a helper in the outer namespace writes. See [`lock`].
 fn lock_raw(uid_map: &std::ffi::CStr, gid_map: &std::ffi::CStr) -> std::result::Result<(), i32> {
     let (r, w) = raw::pipe()?;
-    let helper = raw::fork()?;
-    if helper == 0 {
-        raw::close(w);
-        let mut b = [0u8; 1];
-        if raw::read(r, &mut b) != Ok(1) {
-            raw::exit(1);
+    let args = LockHelper {
+        go: r,
+        uid_map,
+        gid_map,
+    };
+    // A process cannot map ids in its own new user namespace beyond itself: the helper stays
+    // in the outer one, where this process is root.
+    let helper = raw::spawn_helper(lock_helper, &args as *const LockHelper<'_> as *mut _);
+    let helper = match helper {
+        Ok(pid) => pid,
+        Err(e) => {
+            raw::close(r);
+            raw::close(w);
+            return Err(e);
         }
-        let ok = raw::write_to(c"/proc/1/uid_map", uid_map).is_ok()
-            && raw::write_to(c"/proc/1/gid_map", gid_map).is_ok();
-        raw::exit(if ok { 0 } else { 2 });
-    }
-    raw::close(r);
+    };
+    // The UTS and IPC namespaces move along, so the test's root keeps the powers it had over
+    // them (the new UTS namespace copies the hostname). The network namespace stays: /sys,
+    // locked, shows its devices; the plan opened its ports below 1024 and ICMP sockets to all.
     let unshared = raw::unshare(
         libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
     );
     // Let the helper go on either way, so it never waits forever.
     let _ = raw::write_all(w, b"g");
     raw::close(w);
-    let status = raw::wait(helper)?;
+    let status = raw::wait(helper);
+    raw::close(r);
     unshared?;
-    if status != 0 {
-        return Err(libc::EPERM);
+    match status? {
+        0 => Ok(()),
+        _ => Err(libc::EPERM),
     }
-    Ok(())
 }
 
 /// What the child execs once the sandbox is built.
@@ -399,48 +433,18 @@ pub fn step_error(steps: &[Step], index: u32, errno: i32) -> Error {
 /// `/sys`), and a fresh procfs or sysfs mount is refused as too revealing. It may still mount
 /// anything new.
 ///
-/// A process cannot map ids in its own new user namespace beyond itself; a helper forked
-/// beforehand stays in the outer namespace and writes the same maps the outer one has.
+/// A process cannot map ids in its own new user namespace beyond itself; a helper started
+/// beforehand (sharing this process's memory, so nothing is copied) stays in the outer
+/// namespace and writes the same maps the outer one has.
 pub fn lock() -> Result<()> {
-    use crate::sys;
-    let uid_map = outer_map("/proc/self/uid_map")?;
-    let gid_map = outer_map("/proc/self/gid_map")?;
-    use std::os::fd::AsRawFd;
-    let (go_r, go_w) = sys::pipe()?;
-    let (r, w) = (go_r.as_raw_fd(), go_w.as_raw_fd());
-    let parent = std::process::id();
-    let helper = sys::fork_single_threaded(|| {
-        raw::close(w);
-        let mut b = [0u8; 1];
-        if sys::read(r, &mut b) != Ok(1) {
-            return 1;
-        }
-        let ok = sys::write_file(&format!("/proc/{parent}/uid_map"), &uid_map).is_ok()
-            && sys::write_file(&format!("/proc/{parent}/gid_map"), &gid_map).is_ok();
-        if ok {
-            0
-        } else {
-            2
-        }
-    })?;
-    drop(go_r);
-    // The UTS and IPC namespaces move along, so the test's root keeps the powers it had over
-    // them (the new UTS namespace copies the hostname). The network namespace stays: /sys,
-    // locked, shows its devices; the plan opened its ports below 1024 and ICMP sockets to all.
-    let unshared = sys::unshare(
-        libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
-    );
-    // Let the helper go on either way, so it never waits forever.
-    let _ = sys::write_all(w, b"g");
-    drop(go_w);
-    let exit = sys::waitpid(helper)?;
-    unshared?;
-    if exit != sys::Exit::Code(0) {
-        return Err(Error::Setup(format!(
-            "writing the id maps of the nested user namespace failed ({exit})"
-        )));
-    }
-    Ok(())
+    let uid_map = crate::sys::cstring(outer_map("/proc/self/uid_map")?.as_bytes())?;
+    let gid_map = crate::sys::cstring(outer_map("/proc/self/gid_map")?.as_bytes())?;
+    lock_raw(&uid_map, &gid_map).map_err(|e| Error::Sys {
+        call: "unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC) with the id \
+               maps of the outer namespace"
+            .into(),
+        errno: crate::error::Errno(e),
+    })
 }
 
 /// The outer namespace's map, restated from inside it: every range it maps, identity.

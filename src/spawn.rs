@@ -117,6 +117,8 @@ pub fn spawn(
             .map(|(path, fd)| (path.to_string_lossy().into_owned(), fd.as_raw_fd())),
         proc_sys_writable: config.proc_sys_writable,
         tmpfs_size: config.tmpfs_size.clone(),
+        // Without a user namespace RLIMIT_NPROC would count every process of the host's user.
+        nproc: config.pids_max.filter(|_| userns),
     });
     steps.extend(extra_steps);
     let (supervisor_channel, child_channel) = sys::socketpair()?;
@@ -139,8 +141,9 @@ pub fn spawn(
         } else {
             0
         };
-    let cgroup = config.pids_max.and_then(crate::cgroup::PidsCgroup::create);
     crate::trace::mark("prepare");
+    let cgroup = config.pids_max.and_then(crate::cgroup::PidsCgroup::create);
+    crate::trace::mark("cgroup");
     let (pid, pidfd) = sys::clone3(flags, &prepared, sandbox::child_main)?;
     crate::trace::mark("clone");
     // The child has its own copies; close ours so EOF means the child is gone.
@@ -179,6 +182,7 @@ fn handshake(s: &Spawned, userns: bool) -> Result<()> {
     // Into its pids cgroup before it goes on, so that everything it starts counts.
     if let Some(cgroup) = &s.cgroup {
         cgroup.add(s.pid)?;
+        crate::trace::mark("cgroup_attach");
     }
     sys::write_all(s.channel.as_raw_fd(), &[msg::GO]).map_err(|e| Error::Sys {
         call: "write(channel, GO)".into(),
@@ -387,6 +391,7 @@ pub fn supervise(s: Spawned, stdout: OwnedFd, stderr: OwnedFd, timeout: Duration
     let exit = sys::waitid_pidfd(&s.pidfd)?;
     // Reaped: the whole pid namespace is gone, so its cgroup can go.
     drop(s.cgroup);
+    crate::trace::mark("cgroup_remove");
     crate::trace::mark("reap");
     Ok(Ended {
         report,
@@ -424,6 +429,9 @@ pub fn test_exec(test: &str, channel: RawFd, lock: bool, env: &[(&str, &str)]) -
         c(b"--nocapture")?,
         c(b"--test-threads=1")?,
         c(b"--include-ignored")?,
+        // libtest's own report in there is dropped: the plainest is the cheapest.
+        c(b"--color=never")?,
+        c(b"--format=terse")?,
     ];
     // The host's environment stays (libtest's and cargo's variables, TERM), but the paths it
     // names belong to the host: PATH and HOME are the sandbox's own.

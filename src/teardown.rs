@@ -409,7 +409,8 @@ fn belongs_to_sandbox(m: &Mount, lower: &Path) -> bool {
                 .any(|o| o == &format!("upperdir={}", plan::UPPER)))
 }
 
-/// mtime and ctime of the lower root, of its entries and of those of its `/etc`.
+/// mtime and ctime of the lower root and of its entries: a write into any top-level directory
+/// (`/etc`, `/usr`, ...) that adds, removes or renames an entry changes its times.
 fn sample(lower: &Path) -> Vec<(PathBuf, i64, i64, i64, i64)> {
     let stat = |p: &Path| {
         std::fs::symlink_metadata(p).ok().map(|m| {
@@ -423,10 +424,8 @@ fn sample(lower: &Path) -> Vec<(PathBuf, i64, i64, i64, i64)> {
         })
     };
     let mut out: Vec<_> = stat(lower).into_iter().collect();
-    for dir in [lower.to_path_buf(), lower.join("etc")] {
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            out.extend(entries.filter_map(|e| stat(&e.ok()?.path())));
-        }
+    if let Ok(entries) = std::fs::read_dir(lower) {
+        out.extend(entries.filter_map(|e| stat(&e.ok()?.path())));
     }
     out.sort();
     out

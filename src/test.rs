@@ -94,6 +94,7 @@ fn run_sandboxed(meta: &Meta, name: &str) -> Result<Report> {
     let (spec, lower) = config.resolve_rootfs(Path::new(meta.manifest_dir))?;
     crate::trace::mark("resolve");
     let host = teardown::Host::before(&lower);
+    crate::trace::mark("host_before");
     let (out_r, out_w) = sys::pipe()?;
     let (err_r, err_w) = sys::pipe()?;
     let stdin = sys::open(std::path::Path::new("/dev/null"), libc::O_RDONLY)?;
@@ -120,6 +121,7 @@ fn run_sandboxed(meta: &Meta, name: &str) -> Result<Report> {
     let ended = spawn::supervise(spawned, out_r, err_r, config.timeout)?;
     // The child is reaped: whatever of the sandbox is still on the host is the harness's bug.
     let findings = host.check();
+    crate::trace::mark("host_check");
     if !findings.is_empty() {
         let text = findings.join("\n");
         eprintln!("{text}");
@@ -157,9 +159,9 @@ pub(crate) struct Early {
     channel: RawFd,
     /// The pivot and the lock, or why they failed.
     setup: std::result::Result<(), String>,
-    /// When this process started its work before `main`, and when the sandbox was ready
-    /// (with `ISOTEST_TRACE_TIMING`).
-    trace: [u64; 2],
+    /// When this process started its work before `main`, finished the pivot, the lock and
+    /// the teardown baseline (with `ISOTEST_TRACE_TIMING`).
+    trace: [u64; 4],
 }
 
 static EARLY: once_cell::sync::OnceCell<Option<Early>> = once_cell::sync::OnceCell::new();
@@ -184,11 +186,14 @@ fn early() -> Option<Early> {
         Some((fd, flag)) => (fd.parse().ok()?, flag == "lock"),
         None => (value.parse().ok()?, false),
     };
-    let started = if crate::trace::enabled() {
-        sys::monotonic_ns()
-    } else {
-        0
+    let now = || {
+        if crate::trace::enabled() {
+            sys::monotonic_ns()
+        } else {
+            0
+        }
     };
+    let mut trace = [now(); 4];
     let setup = (|| {
         // Processes the body starts must not inherit the channel.
         sys::set_cloexec(fd)?;
@@ -196,22 +201,21 @@ fn early() -> Option<Early> {
         // pivot detaches it.
         let layers = teardown::Layers::open()?;
         crate::sandbox::finish_pivot()?;
+        trace[1] = now();
         if lock {
             crate::sandbox::lock()?;
         }
+        trace[2] = now();
         // What the harness made, and the mounts as the body finds them.
-        teardown::record(layers)
+        teardown::record(layers)?;
+        trace[3] = now();
+        Ok::<_, Error>(())
     })()
     .map_err(|e| e.to_string());
-    let ready = if crate::trace::enabled() {
-        sys::monotonic_ns()
-    } else {
-        0
-    };
     Some(Early {
         channel: fd,
         setup,
-        trace: [started, ready],
+        trace,
     })
 }
 
@@ -240,8 +244,16 @@ pub(crate) fn in_sandbox<T: Outcome>(meta: &Meta, early: &Early, body: impl FnOn
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     if crate::trace::enabled() {
-        let [started, ready] = early.trace;
-        crate::trace::send(fd, &[("exec_libtest", started), ("pivot", ready)]);
+        let [started, pivot, lock, record] = early.trace;
+        crate::trace::send(
+            fd,
+            &[
+                ("exec_libtest", started),
+                ("pivot", pivot),
+                ("lock", lock),
+                ("record", record),
+            ],
+        );
     }
     report(msg::START, "");
     let mut ack = [0u8; 1];
@@ -259,6 +271,11 @@ pub(crate) fn in_sandbox<T: Outcome>(meta: &Meta, early: &Early, body: impl FnOn
                 .take()
                 .unwrap_or_else(|| payload_text(&*payload)),
         ),
+    };
+    let body_done = if crate::trace::enabled() {
+        sys::monotonic_ns()
+    } else {
+        0
     };
     let findings = teardown::check(teardown::Checks {
         processes: !meta.allow_leaks.contains(&"processes"),
@@ -288,7 +305,14 @@ pub(crate) fn in_sandbox<T: Outcome>(meta: &Meta, early: &Early, body: impl FnOn
     let _ = std::io::stderr().flush();
     if crate::trace::enabled() {
         let kb = crate::trace::vm_hwm_kb().unwrap_or(0);
-        crate::trace::send(fd, &[("body", sys::monotonic_ns()), ("sandbox_hwm_kb", kb)]);
+        crate::trace::send(
+            fd,
+            &[
+                ("body", body_done),
+                ("teardown", sys::monotonic_ns()),
+                ("sandbox_hwm_kb", kb),
+            ],
+        );
     }
     match failure {
         None => report(msg::PASS, ""),

@@ -2,7 +2,7 @@
 //! plainly and with bubblewrap, crun and unshare starting `/bin/true` in the same rootfs.
 //!
 //! ```text
-//! ISOTEST_ROOTFS=/path/to/rootfs cargo run -p isotest-bench --release [-- --rounds 7]
+//! ISOTEST_ROOTFS=debian:bookworm cargo run -p isotest-bench --release [-- --rounds 7]
 //! ```
 //!
 //! Every variant is measured once per round, rounds are interleaved (the order rotates each
@@ -37,22 +37,21 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo run -p isotest-bench --release -- [--rootfs PATH] [--rounds N] \
+        "usage: cargo run -p isotest-bench --release -- [--rootfs SPEC] [--rounds N] \
          [--anchor-reps N] [--trace-runs N]\n\
-         The rootfs defaults to $ISOTEST_ROOTFS."
+         The rootfs spec defaults to $ISOTEST_ROOTFS, else isotest's default."
     );
     std::process::exit(2)
 }
 
 fn options() -> Options {
     let mut o = Options {
-        rootfs: std::env::var_os("ISOTEST_ROOTFS")
-            .map(PathBuf::from)
-            .unwrap_or_default(),
+        rootfs: PathBuf::new(),
         rounds: 7,
         anchor_reps: 10,
         trace_runs: 2,
     };
+    let mut spec = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut num = |what: &str| -> usize {
@@ -68,18 +67,17 @@ fn options() -> Options {
             "--rounds" => o.rounds = num("--rounds"),
             "--anchor-reps" => o.anchor_reps = num("--anchor-reps"),
             "--trace-runs" => o.trace_runs = num("--trace-runs"),
-            "--rootfs" => o.rootfs = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
+            "--rootfs" => spec = Some(args.next().unwrap_or_else(|| usage())),
             _ => usage(),
         }
     }
-    if o.rootfs.as_os_str().is_empty() || !o.rootfs.is_dir() {
-        eprintln!(
-            "isotest-bench: no root filesystem: set ISOTEST_ROOTFS or pass --rootfs to a \
-             directory holding an unpacked root filesystem (got {:?})",
-            o.rootfs
-        );
+    // The same root filesystem the isolated tests get, through isotest's cache, so that the
+    // anchors start from the very same tree.
+    let spec = isotest::rootfs::spec_or_default(spec.as_deref());
+    o.rootfs = isotest::rootfs::resolve(&spec).unwrap_or_else(|e| {
+        eprintln!("isotest-bench: root filesystem {spec:?}: {e}");
         std::process::exit(2);
-    }
+    });
     o
 }
 
@@ -879,19 +877,27 @@ fn render(r: &Render) -> String {
 fn describe(phase: &str) -> &'static str {
     match phase {
         "resolve" => "supervisor: config, rootfs resolution (cached; one stat)",
+        "host_before" => "supervisor: host mount table and lower-layer sample for the host check",
         "prepare" => "supervisor: plan, C strings, env copy, socketpair",
+        "cgroup" => "supervisor: the sandbox's pids cgroup",
         "clone" => "supervisor: clone3 into new namespaces",
         "child_ready" => "child: first run after clone, pdeathsig, READY to supervisor",
+        "cgroup_attach" => "supervisor: the child into its pids cgroup",
         "idmap" => "supervisor: uid_map/gid_map writes",
         "go_seen" => "GO from supervisor to child",
         "mounts" => "child: mount plan (scratch, overlay, /proc, /sys, /dev, /tmp), hostname, lo",
         "exec_libtest" => "exec of the test binary + libtest start until the test's body hook",
-        "pivot" => "re-executed test: pivot_root, drop old root, panic hook",
+        "pivot" => "re-executed test, before main: pivot_root, drop the old root",
+        "lock" => "before main: nested user namespace (helper fork, id maps)",
+        "record" => "before main: teardown baseline (upper layer, mount table)",
         "start" => "START to the supervisor (libtest header dropped)",
         "body" => "ack + the test body",
+        "teardown" => "inside teardown checks: processes, mounts, writes",
         "report" => "PASS to the supervisor",
         "exit" => "child exit and namespace teardown until the pidfd is readable",
         "reap" => "drain output pipes, waitid",
+        "cgroup_remove" => "supervisor: the pids cgroup removed",
+        "host_check" => "supervisor: host-side teardown checks",
         "end" => "supervisor: report to libtest",
         _ => "",
     }

@@ -102,6 +102,7 @@ fn kernel_files_are_masked_and_knobs_read_only() {
     }
     for knob in [
         "/proc/sys/kernel/hostname",
+        "/proc/sys/net/ipv4/ip_default_ttl",
         "/proc/irq/default_smp_affinity",
     ] {
         assert!(
@@ -123,12 +124,22 @@ fn kernel_files_are_masked_and_knobs_read_only() {
 
 #[isolated(proc_sys = "rw")]
 fn proc_sys_rw_leaves_proc_sys_writable() {
-    // The UTS namespace is the sandbox's own: this knob is safe to write.
-    fs::write("/proc/sys/kernel/hostname", "from-proc-sys").unwrap();
+    // No read-only mount over /proc/sys.
+    let mounts = isotest::fixtures::mounts();
     assert_eq!(
-        nix::unistd::gethostname().unwrap().to_str().unwrap(),
-        "from-proc-sys"
+        mounts.get("/proc/sys"),
+        None,
+        "/proc/sys is still a mount of its own"
     );
+    assert!(!mounts.get("/proc").unwrap().read_only());
+    if !isotest::fixtures::sandbox().rootless {
+        // The network namespace is the sandbox's own: this knob is safe to write. (Rootless,
+        // the kernel lets only the host's root write sysctls outside the sandbox's own user
+        // namespace, so /proc/sys stays unwritable there anyway.)
+        let knob = "/proc/sys/net/ipv4/ip_default_ttl";
+        fs::write(knob, "42").unwrap();
+        assert_eq!(fs::read_to_string(knob).unwrap().trim(), "42");
+    }
 }
 
 #[isolated]

@@ -69,7 +69,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_tmpfs_size)]
     pub tmpfs_size: Option<String>,
 
-    /// Most processes the sandbox may have at once (a pids cgroup, where one is writable)
+    /// Most processes the sandbox may have at once (a pids cgroup where one is writable, and RLIMIT_NPROC)
     #[arg(long, value_name = "N", default_value_t = isotest_pids_max(), value_parser = clap::value_parser!(u64).range(1..))]
     pub pids_max: u64,
 

@@ -432,6 +432,7 @@ impl Command {
             pid: spawned.pid,
             pidfd: spawned.pidfd,
             _cgroup: spawned.cgroup,
+            _memory: spawned.child_memory,
             timeout: config.timeout,
             deadline: started.checked_add(config.timeout),
             status: None,
@@ -505,6 +506,8 @@ pub struct Child {
     status: Option<ExitStatus>,
     /// Removed after the sandbox is reaped (field drops follow `Drop::drop`).
     _cgroup: Option<crate::cgroup::PidsCgroup>,
+    /// What the child ran on before its exec (kept until it is reaped, see `Spawned`).
+    _memory: spawn::ChildMemory,
     /// The program's standard input, when piped.
     pub stdin: Option<File>,
     /// The program's standard output, when piped.

@@ -346,6 +346,12 @@ fn send(fd: RawFd, tag: u8, a: i32, b: u32) {
     let _ = raw::write_all(fd, &m);
 }
 
+/// Where the cloned child starts: `arg` is the [`Prepared`] the supervisor keeps alive (in
+/// `Spawned`) until the child has exec'd or exited.
+pub extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    child_main(crate::sys::deref_helper_arg(arg as *const Prepared))
+}
+
 /// The cloned child's whole life: handshake, build the sandbox, exec. Never returns.
 /// Async-signal-safe: only reads `p` and makes raw system calls.
 pub fn child_main(p: &Prepared) -> ! {

@@ -42,7 +42,22 @@ pub struct Spawned {
     pub steps: Vec<Step>,
     /// The sandbox's `pids` cgroup, removed when this is dropped (after the child is reaped).
     pub cgroup: Option<crate::cgroup::PidsCgroup>,
+    /// What the child reads and runs on until it execs: it shares this process's memory, so
+    /// this lives until the child is reaped.
+    pub child_memory: ChildMemory,
 }
+
+/// The prepared plan and the stack the cloned child uses before its exec.
+#[derive(Debug)]
+pub struct ChildMemory {
+    #[expect(dead_code, reason = "the child reads it through a pointer")]
+    prepared: Box<Prepared>,
+    #[expect(dead_code, reason = "the child runs on it")]
+    stack: Vec<u8>,
+}
+
+/// The stack the cloned child runs on until it execs.
+const CHILD_STACK: usize = 256 * 1024;
 
 /// The namespaces every sandbox gets, apart from the user namespace.
 const NAMESPACES: u64 = (libc::CLONE_NEWNS
@@ -122,7 +137,7 @@ pub fn spawn(
     });
     steps.extend(extra_steps);
     let (supervisor_channel, child_channel) = sys::socketpair()?;
-    let prepared = Prepared {
+    let prepared = Box::new(Prepared {
         channel: child_channel.as_raw_fd(),
         supervisor_channel: supervisor_channel.as_raw_fd(),
         stdio: [
@@ -134,17 +149,19 @@ pub fn spawn(
         exec: exec(child_channel.as_raw_fd())?,
         keep_channel,
         new_session: true,
-    };
+    });
     let flags = NAMESPACES
         | if userns {
             libc::CLONE_NEWUSER as u64
         } else {
             0
         };
+    let mut stack = vec![0u8; CHILD_STACK];
     crate::trace::mark("prepare");
     let cgroup = config.pids_max.and_then(crate::cgroup::PidsCgroup::create);
     crate::trace::mark("cgroup");
-    let (pid, pidfd) = sys::clone3(flags, &prepared, sandbox::child_main)?;
+    let arg = &*prepared as *const Prepared as *mut libc::c_void;
+    let (pid, pidfd) = sys::clone_vm(flags as libc::c_int, sandbox::child_entry, arg, &mut stack)?;
     crate::trace::mark("clone");
     // The child has its own copies; close ours so EOF means the child is gone.
     drop((child_channel, stdio, lower_fd, bind_fds, keep_fd));
@@ -154,6 +171,7 @@ pub fn spawn(
         channel: supervisor_channel,
         steps,
         cgroup,
+        child_memory: ChildMemory { prepared, stack },
     };
     if let Err(e) = handshake(&spawned, userns) {
         let _ = sys::pidfd_send_signal(&spawned.pidfd, libc::SIGKILL);

@@ -29,53 +29,41 @@ fn fail(call: impl Into<String>) -> Error {
     }
 }
 
-/// The arguments of `clone3(2)`.
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-/// `clone3(flags | CLONE_PIDFD, exit_signal = SIGCHLD)`: like fork(2), into new namespaces.
-/// The child runs `child(arg)`, which never returns; the parent gets the child's pid and a
-/// pidfd.
+/// `clone(flags | CLONE_VM | CLONE_PIDFD | SIGCHLD)`: starts `child(arg)` in a new process in
+/// new namespaces that shares this process's memory (so nothing is copied: no page tables, no
+/// copy-on-write faults afterwards) and runs on `stack`. Returns the child's pid and a pidfd.
 ///
-/// `child` runs in a copy of a multi-threaded process: it must do only async-signal-safe work
-/// (the [`raw`] functions, no allocation, no locks) until it execs or exits. Every caller passes
-/// [`crate::sandbox::child_main`], which keeps to that.
-pub fn clone3<T>(flags: u64, arg: &T, child: fn(&T) -> !) -> Result<(libc::pid_t, OwnedFd)> {
+/// `child` must never return and must keep to async-signal-safe work (the [`raw`] functions:
+/// no allocation, no locks) until it execs or exits: it runs beside the other threads of this
+/// process, in the same memory, with the calling thread's thread-local storage (a failing call
+/// in both at once could mix up their `errno`s). `arg` and `stack` must stay alive and unmoved
+/// until the child has exec'd or exited (exec gives it memory of its own).
+pub fn clone_vm(
+    flags: libc::c_int,
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+    stack: &mut [u8],
+) -> Result<(libc::pid_t, OwnedFd)> {
     let mut pidfd: RawFd = -1;
-    let args = CloneArgs {
-        flags: flags | libc::CLONE_PIDFD as u64,
-        pidfd: &mut pidfd as *mut RawFd as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        ..Default::default()
-    };
-    // SAFETY: `args` is a valid clone_args of the size passed; no stack is given, so the child
-    // runs on a copy of this stack like fork(2), and only runs `child`, which never returns.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
+    // SAFETY: the stack grows down from its 16-byte aligned top; the caller keeps `arg` and
+    // `stack` alive until the child execs or exits, and `child` keeps to raw calls. With
+    // CLONE_PIDFD, clone(2) stores the pidfd through the parent_tid pointer.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        let top = top.sub(top as usize % 16);
+        libc::clone(
+            child,
+            top.cast(),
+            flags | libc::CLONE_VM | libc::CLONE_PIDFD | libc::SIGCHLD,
+            arg,
+            &mut pidfd as *mut RawFd,
         )
     };
-    match ret {
-        -1 => Err(fail(format!("clone3(flags={flags:#x})"))),
-        0 => child(arg),
-        // SAFETY: the kernel stored a new pidfd that nothing else owns.
-        pid => Ok((pid as libc::pid_t, unsafe { OwnedFd::from_raw_fd(pidfd) })),
+    if pid < 0 {
+        return Err(fail(format!("clone(flags={flags:#x})")));
     }
+    // SAFETY: the kernel stored a new pidfd that nothing else owns.
+    Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }
 
 /// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`.

@@ -43,8 +43,8 @@ struct Inside {
     layers: Layers,
     /// Paths in the upper layer before the body: the harness's own (mount points it made).
     baseline: HashSet<PathBuf>,
-    /// Mount ids before the body.
-    mounts: HashSet<u64>,
+    /// The mount table before the body, as the kernel wrote it.
+    mounts: String,
 }
 
 static INSIDE: OnceLock<Inside> = OnceLock::new();
@@ -57,7 +57,7 @@ pub(crate) fn inside() -> bool {
 /// Records the state the checks compare against; call after the pivot, before the body.
 pub(crate) fn record(layers: Layers) -> Result<()> {
     let baseline = scan(&layers)?.into_iter().map(|c| c.path).collect();
-    let mounts = read_mounts()?.iter().map(|m| m.id).collect();
+    let mounts = read_mount_table()?;
     let _ = INSIDE.set(Inside {
         layers,
         baseline,
@@ -76,8 +76,8 @@ pub(crate) fn changes() -> Result<Vec<Change>> {
     Ok(all)
 }
 
-fn read_mounts() -> Result<Mounts> {
-    Mounts::read().map_err(|source| Error::Io {
+fn read_mount_table() -> Result<String> {
+    std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| Error::Io {
         context: "teardown: reading",
         path: "/proc/self/mountinfo".into(),
         source,
@@ -102,9 +102,16 @@ pub(crate) fn check(checks: Checks<'_>) -> Vec<String> {
     }
     let inside = INSIDE.get();
     if checks.mounts {
-        match (inside, read_mounts()) {
+        match (inside, read_mount_table()) {
+            // The same table, byte for byte: nothing to look at.
+            (Some(inside), Ok(now)) if now == inside.mounts => {}
             (Some(inside), Ok(now)) => {
-                for m in now.iter().filter(|m| !inside.mounts.contains(&m.id)) {
+                let before: HashSet<u64> =
+                    Mounts::parse(&inside.mounts).iter().map(|m| m.id).collect();
+                for m in Mounts::parse(&now)
+                    .iter()
+                    .filter(|m| !before.contains(&m.id))
+                {
                     findings.push(format!(
                         "leaked mount {} ({} from {})",
                         m.mount_point, m.fs_type, m.source
@@ -322,7 +329,7 @@ fn walk(
 #[derive(Debug)]
 pub(crate) struct Host {
     lower: PathBuf,
-    mounts: HashSet<u64>,
+    mounts: String,
     scratch: Vec<(PathBuf, bool)>,
     sample: Vec<(PathBuf, i64, i64, i64, i64)>,
 }
@@ -335,9 +342,7 @@ impl Host {
     pub(crate) fn before(lower: &Path) -> Host {
         Host {
             lower: lower.to_path_buf(),
-            mounts: Mounts::read()
-                .map(|m| m.iter().map(|m| m.id).collect())
-                .unwrap_or_default(),
+            mounts: std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
             scratch: SCRATCH
                 .iter()
                 .map(|p| (PathBuf::from(p), Path::new(p).exists()))
@@ -350,8 +355,15 @@ impl Host {
     /// harness, never of the test.
     pub(crate) fn check(&self) -> Vec<String> {
         let mut findings = Vec::new();
-        if let Ok(now) = Mounts::read() {
-            for m in now.iter().filter(|m| !self.mounts.contains(&m.id)) {
+        let now = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        // Unchanged byte for byte (the usual case): nothing to look at. Otherwise other
+        // processes may have mounted things too: only the sandbox's count.
+        if now != self.mounts {
+            let before: HashSet<u64> = Mounts::parse(&self.mounts).iter().map(|m| m.id).collect();
+            for m in Mounts::parse(&now)
+                .iter()
+                .filter(|m| !before.contains(&m.id))
+            {
                 if belongs_to_sandbox(m, &self.lower) {
                     findings.push(format!(
                         "the host's mount table holds {} ({} from {}) from the sandbox",

@@ -331,8 +331,11 @@ pub(crate) struct Host {
     lower: PathBuf,
     mounts: String,
     scratch: Vec<(PathBuf, bool)>,
-    sample: Vec<(PathBuf, i64, i64, i64, i64)>,
+    sample: std::sync::Arc<Sample>,
 }
+
+/// mtime and ctime of some paths of a lower layer.
+type Sample = Vec<(PathBuf, i64, i64, i64, i64)>;
 
 /// The sandbox's scratch paths, as they would appear on the host if a mount were missed.
 const SCRATCH: [&str; 4] = [plan::UPPER, plan::WORK, plan::NEW_ROOT, plan::LOWER];
@@ -347,7 +350,7 @@ impl Host {
                 .iter()
                 .map(|p| (PathBuf::from(p), Path::new(p).exists()))
                 .collect(),
-            sample: sample(lower),
+            sample: first_sample(lower),
         }
     }
 
@@ -381,7 +384,7 @@ impl Host {
             }
         }
         let now = sample(&self.lower);
-        if now != self.sample {
+        if now != *self.sample {
             let changed: Vec<String> = now
                 .iter()
                 .filter(|s| !self.sample.contains(s))
@@ -421,9 +424,23 @@ fn belongs_to_sandbox(m: &Mount, lower: &Path) -> bool {
                 .any(|o| o == &format!("upperdir={}", plan::UPPER)))
 }
 
+/// The sample of `lower` as the first sandbox of this process found it: the lower layer never
+/// changes, so later sandboxes compare against the same one and do not take it again.
+fn first_sample(lower: &Path) -> std::sync::Arc<Sample> {
+    static FIRST: std::sync::Mutex<Vec<(PathBuf, std::sync::Arc<Sample>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut first = FIRST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, s)) = first.iter().find(|(p, _)| p == lower) {
+        return s.clone();
+    }
+    let s = std::sync::Arc::new(sample(lower));
+    first.push((lower.to_path_buf(), s.clone()));
+    s
+}
+
 /// mtime and ctime of the lower root and of its entries: a write into any top-level directory
 /// (`/etc`, `/usr`, ...) that adds, removes or renames an entry changes its times.
-fn sample(lower: &Path) -> Vec<(PathBuf, i64, i64, i64, i64)> {
+fn sample(lower: &Path) -> Sample {
     let stat = |p: &Path| {
         std::fs::symlink_metadata(p).ok().map(|m| {
             (

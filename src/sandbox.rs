@@ -73,8 +73,8 @@ pub enum CStep {
     Sysctl(CString, CString),
     /// See [`Step::Mask`].
     Mask(CString),
-    /// See [`Step::Lock`]: the uid map and the gid map.
-    Lock(CString, CString),
+    /// See [`Step::Lock`]: the uid map, the gid map and the helper's stack.
+    Lock(CString, CString, crate::sys::HelperStack),
     /// See [`Step::Hostname`].
     Hostname(CString),
     /// See [`Step::LimitProcesses`].
@@ -131,7 +131,10 @@ pub fn compile(steps: &[Step]) -> Result<Vec<CStep>> {
                 Step::Symlink { target, link } => CStep::Symlink(c(target)?, c(link)?),
                 Step::Sysctl { path, value } => CStep::Sysctl(c(path)?, c(value)?),
                 Step::Mask { target } => CStep::Mask(c(target)?),
-                Step::Lock { uid_map, gid_map } => CStep::Lock(c(uid_map)?, c(gid_map)?),
+                Step::Lock { uid_map, gid_map } => {
+                    // The helper's stack, allocated now: the child may not allocate.
+                    CStep::Lock(c(uid_map)?, c(gid_map)?, crate::sys::HelperStack::new())
+                }
                 Step::Hostname(name) => CStep::Hostname(c(name)?),
                 Step::LimitProcesses(max) => CStep::LimitProcesses(*max),
                 Step::LoopbackUp => CStep::LoopbackUp,
@@ -193,7 +196,7 @@ fn apply(step: &CStep) -> std::result::Result<(), i32> {
             ),
             Ok(false) => raw::mount(Some(c"/dev/null"), target, None, libc::MS_BIND, None),
         },
-        CStep::Lock(uid_map, gid_map) => lock_raw(uid_map, gid_map),
+        CStep::Lock(uid_map, gid_map, stack) => lock_raw(uid_map, gid_map, stack),
         CStep::Hostname(name) => raw::sethostname(name),
         CStep::LimitProcesses(max) => raw::setrlimit(libc::RLIMIT_NPROC, *max),
         CStep::LoopbackUp => raw::loopback_up(),
@@ -241,7 +244,11 @@ extern "C" fn lock_helper(arg: *mut libc::c_void) -> libc::c_int {
 /// Locks the sandbox, async-signal-safe: moves this single-threaded process — PID 1 of the
 /// sandbox, after the pivot — into a nested user, mount, UTS and IPC namespace whose id maps
 /// (`uid_map`, `gid_map`) a helper in the outer namespace writes. See [`lock`].
-fn lock_raw(uid_map: &std::ffi::CStr, gid_map: &std::ffi::CStr) -> std::result::Result<(), i32> {
+fn lock_raw(
+    uid_map: &std::ffi::CStr,
+    gid_map: &std::ffi::CStr,
+    stack: &crate::sys::HelperStack,
+) -> std::result::Result<(), i32> {
     let (r, w) = raw::pipe()?;
     let args = LockHelper {
         go: r,
@@ -250,7 +257,7 @@ fn lock_raw(uid_map: &std::ffi::CStr, gid_map: &std::ffi::CStr) -> std::result::
     };
     // A process cannot map ids in its own new user namespace beyond itself: the helper stays
     // in the outer one, where this process is root.
-    let helper = raw::spawn_helper(lock_helper, &args as *const LockHelper<'_> as *mut _);
+    let helper = raw::spawn_helper(lock_helper, &args as *const LockHelper<'_> as *mut _, stack);
     let helper = match helper {
         Ok(pid) => pid,
         Err(e) => {
@@ -445,7 +452,7 @@ pub fn step_error(steps: &[Step], index: u32, errno: i32) -> Error {
 pub fn lock() -> Result<()> {
     let uid_map = crate::sys::cstring(outer_map("/proc/self/uid_map")?.as_bytes())?;
     let gid_map = crate::sys::cstring(outer_map("/proc/self/gid_map")?.as_bytes())?;
-    lock_raw(&uid_map, &gid_map).map_err(|e| Error::Sys {
+    lock_raw(&uid_map, &gid_map, &crate::sys::HelperStack::new()).map_err(|e| Error::Sys {
         call: "unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC) with the id \
                maps of the outer namespace"
             .into(),

@@ -661,28 +661,19 @@ pub mod raw {
         Ok((fds[0], fds[1]))
     }
 
-    /// The stack of [`spawn_helper`]'s helper. One helper runs at a time, in a single-threaded
-    /// process (the cloned child, or a re-executed test before `main`).
-    static mut HELPER_STACK: [u8; 32 * 1024] = [0; 32 * 1024];
-
     /// `clone(CLONE_VM | SIGCHLD)`: starts `f(arg)` in a new process that shares this one's
-    /// memory, on a static stack, and returns its pid. Nothing is copied, so it costs a fraction
-    /// of fork(2). `f` must only make raw system calls (no allocation, no locks): it runs beside
+    /// memory, on `stack`, and returns its pid. Nothing is copied, so it costs a fraction of
+    /// fork(2). `f` must only make raw system calls (no allocation, no locks): it runs beside
     /// its parent in the same memory, with the parent's thread-local storage (a failing call in
-    /// both at once could mix up their `errno`s).
+    /// both at once could mix up their `errno`s). `arg` and `stack` must outlive the helper.
     pub fn spawn_helper(
         f: extern "C" fn(*mut libc::c_void) -> libc::c_int,
         arg: *mut libc::c_void,
+        stack: &super::HelperStack,
     ) -> std::result::Result<libc::pid_t, i32> {
-        // SAFETY: the stack is static and used by one helper at a time (callers are
-        // single-threaded and wait for the helper before returning); the stack grows down from
-        // its aligned top. `f` keeps to raw calls, as documented.
-        let pid = unsafe {
-            let stack = std::ptr::addr_of_mut!(HELPER_STACK) as *mut u8;
-            let top = stack.add(32 * 1024 - 64);
-            let top = top.sub(top as usize % 16);
-            libc::clone(f, top.cast(), libc::CLONE_VM | libc::SIGCHLD, arg)
-        };
+        // SAFETY: the stack is the helper's alone while it runs (its owner waits for it); `f`
+        // keeps to raw calls, as documented.
+        let pid = unsafe { libc::clone(f, stack.top(), libc::CLONE_VM | libc::SIGCHLD, arg) };
         if pid < 0 {
             Err(super::errno())
         } else {
@@ -928,4 +919,53 @@ pub fn deref_helper_arg<'a, T>(arg: *const T) -> &'a T {
     // SAFETY: spawn_helper's callers pass a pointer to a value they keep alive, unmoved, until
     // the helper has exited (they wait for it), and the helper shares their memory.
     unsafe { &*arg }
+}
+
+/// A stack for a helper of [`raw::spawn_helper`], allocated before the code that starts the
+/// helper may no longer allocate.
+#[derive(Debug)]
+pub struct HelperStack {
+    base: *mut u8,
+    len: usize,
+}
+
+// The stack is only ever handed to one helper at a time, by its owner.
+// SAFETY: a plain heap allocation with no thread affinity.
+unsafe impl Send for HelperStack {}
+// SAFETY: shared references only read the pointer; the helper that writes the memory runs
+// while its owner waits for it.
+unsafe impl Sync for HelperStack {}
+
+impl HelperStack {
+    /// A 64 KiB stack.
+    pub fn new() -> Self {
+        let len = 64 * 1024;
+        let base = Box::into_raw(vec![0u8; len].into_boxed_slice()) as *mut u8;
+        HelperStack { base, len }
+    }
+
+    /// The 16-byte aligned top the stack grows down from.
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: the top is within (one past) the allocation.
+        let top = unsafe { self.base.add(self.len) };
+        // SAFETY: moving down by less than 16 bytes stays within the allocation.
+        unsafe { top.sub(top as usize % 16) }.cast()
+    }
+}
+
+impl Default for HelperStack {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for HelperStack {
+    fn drop(&mut self) {
+        // SAFETY: base and len describe the boxed slice made in new(), dropped once.
+        unsafe {
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.base, self.len,
+            )))
+        };
+    }
 }

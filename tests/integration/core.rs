@@ -771,14 +771,7 @@ fn killing_the_supervisor_leaves_nothing() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 256];
-    while !seen.contains("sandbox ready") {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "the test ended early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    crate::wait_for_line(&mut child, "sandbox ready");
     assert_eq!(sleepers("4242").len(), 1);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();

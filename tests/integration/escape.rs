@@ -215,17 +215,10 @@ fn mounts_inside_never_reach_the_host() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 256];
-    while !seen.contains("mounted") {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "the test ended early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let mut seen = crate::wait_for_line(&mut child, "mounted");
     let host = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!host.contains("isotest-escape-marker"), "{host}");
-    let _ = stdout.read_to_string(&mut seen);
+    let _ = child.stdout.as_mut().unwrap().read_to_string(&mut seen);
     assert!(child.wait().unwrap().success(), "{seen}");
 }
 
@@ -259,21 +252,14 @@ fn ipc_objects_stay_in_the_sandbox() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 256];
-    while !seen.contains("ipc held") {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "the test ended early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let mut seen = crate::wait_for_line(&mut child, "ipc held");
     let shm = fs::read_to_string("/proc/sysvipc/shm").unwrap();
     assert!(
         !shm.lines()
             .any(|l| l.split_whitespace().next() == Some(SHM_KEY)),
         "{shm}"
     );
-    let _ = stdout.read_to_string(&mut seen);
+    let _ = child.stdout.as_mut().unwrap().read_to_string(&mut seen);
     assert!(child.wait().unwrap().success(), "{seen}");
 }
 

@@ -2,7 +2,6 @@
 //! bare and hostile root filesystems, many sandboxes at once, and many in a row.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,19 +29,6 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Reads the child's stdout until it printed `line`.
-fn wait_for_line(child: &mut Child, line: &str) -> String {
-    let stdout = child.stdout.as_mut().unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 256];
-    while !seen.contains(line) {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "the test ended early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    seen
 }
 
 fn host_mounts() -> usize {
@@ -93,7 +79,7 @@ fn a_killed_supervisor_releases_the_sandbox_lock() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_line(&mut child, "locked");
+    crate::wait_for_line(&mut child, "locked");
     assert!(locked(&file), "the sandbox does not hold the lock");
     child.kill().unwrap(); // SIGKILL to the supervisor
     child.wait().unwrap();
@@ -146,7 +132,7 @@ fn a_stopped_sandbox_still_times_out() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_line(&mut child, "stopping");
+    crate::wait_for_line(&mut child, "stopping");
     let pid = sandboxed_test_pid("faults::stops_itself").expect("the sandboxed test's pid");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),

@@ -75,3 +75,17 @@ pub fn run_alone(name: &str, env: &[(&str, &str)]) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// Reads a running test's stdout until it printed `line`; returns what it printed so far.
+pub fn wait_for_line(child: &mut std::process::Child, line: &str) -> String {
+    use std::io::Read;
+    let stdout = child.stdout.as_mut().expect("stdout piped");
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    while !seen.contains(line) {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the test ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    seen
+}

@@ -179,8 +179,14 @@ pub fn find(spec: &str, distro: Distro, suite: &str) -> Result<String> {
         problem: format!(
             "no {name} mirror is configured in this host's apt sources; set {ENV_MIRROR} to \
              your nearest {name} archive mirror (the URL of its /{name} directory), or choose \
-             another root filesystem with ISOTEST_ROOTFS (e.g. tar:/path/to/{name}-base.tar.gz)",
-            name = distro.name()
+             another root filesystem with ISOTEST_ROOTFS (e.g. tar:/path/to/{name}-base.tar.gz{or})",
+            name = distro.name(),
+            // A Debian host reaches a Debian mirror: say so.
+            or = if pick(Distro::Debian, "stable", &host_sources(Path::new("/etc/apt"))).is_some() {
+                ", or debian:bookworm from the Debian mirror apt uses"
+            } else {
+                ""
+            }
         ),
     })
 }

@@ -414,29 +414,25 @@ impl Unpacker<'_> {
     /// Creates the missing parents of `rel`, refusing to pass through anything but a real
     /// directory.
     fn parents(&self, raw: &Path, rel: &Path) -> Result<()> {
-        let mut cur = self.dest.to_path_buf();
-        for c in rel.parent().into_iter().flat_map(Path::components) {
-            cur.push(c);
-            match fs::symlink_metadata(&cur) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m) => return Err(self.through(raw, &cur, m.file_type().is_symlink())),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&cur).map_err(io("creating", &cur))?
-                }
-                Err(e) => return Err(io("inspecting", &cur)(e)),
-            }
-        }
-        Ok(())
+        self.walk_parents(raw, rel, true)
     }
 
     /// Like [`Self::parents`] but creates nothing (for a hard link's target).
     fn check_parents(&self, raw: &Path, rel: &Path) -> Result<()> {
+        self.walk_parents(raw, rel, false)
+    }
+
+    fn walk_parents(&self, raw: &Path, rel: &Path, create: bool) -> Result<()> {
         let mut cur = self.dest.to_path_buf();
         for c in rel.parent().into_iter().flat_map(Path::components) {
             cur.push(c);
             match fs::symlink_metadata(&cur) {
                 Ok(m) if m.is_dir() => {}
                 Ok(m) => return Err(self.through(raw, &cur, m.file_type().is_symlink())),
+                Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&cur).map_err(io("creating", &cur))?
+                }
+                Err(e) if create => return Err(io("inspecting", &cur)(e)),
                 Err(_) => break,
             }
         }

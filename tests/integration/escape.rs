@@ -314,11 +314,7 @@ fn tiocsti_never_reaches_the_hosts_terminal() {
         .stdin(std::process::Stdio::from(pty.slave))
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = crate::text(&out);
     assert!(out.status.success() && text.contains("1 passed"), "{text}");
 }
 
@@ -374,11 +370,7 @@ fn no_fd_of_the_supervisor_reaches_the_sandbox() {
         .arg(&inherited)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = crate::text(&out);
     assert!(out.status.success() && text.contains("1 passed"), "{text}");
 
     // In this process: one close-on-exec fd and one inherited by every child, then a program.

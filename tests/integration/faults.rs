@@ -140,11 +140,7 @@ fn a_stopped_sandbox_still_times_out() {
     )
     .unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = crate::text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("timed out after 1500ms"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(20), "{text}");
@@ -202,11 +198,7 @@ fn a_fork_bomb_is_contained() {
         .unwrap();
     let supervisor = child.id();
     let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = crate::text(&out);
     assert!(
         out.status.success() && text.contains("contained at"),
         "{text}"
@@ -372,11 +364,7 @@ fn sandboxes_in_parallel_never_see_each_other() {
         .collect();
     for (i, child) in children {
         let out = child.wait_with_output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = crate::text(&out);
         assert!(
             out.status.success() && text.contains(&format!("only marker-{i}\n")),
             "{i}: {text}"

@@ -73,25 +73,7 @@ impl Bind {
             value: text.into(),
             problem,
         };
-        let (source, destination, readonly) = match text.split(':').collect::<Vec<_>>()[..] {
-            [src, dst] => (src, dst, true),
-            [src, dst, "ro"] => (src, dst, true),
-            [src, dst, "rw"] => (src, dst, false),
-            _ => {
-                return Err(invalid(
-                    "write SRC:DST[:ro|rw], e.g. \"fixtures/data:/data:ro\"".into(),
-                ))
-            }
-        };
-        if source.is_empty() {
-            return Err(invalid("the source is empty".into()));
-        }
-        if !destination.starts_with('/') {
-            return Err(invalid(format!(
-                "the destination {destination:?} is relative; write an absolute path inside \
-                 the sandbox, e.g. \"/data\""
-            )));
-        }
+        let (source, destination, readonly) = validate::bind(text).map_err(invalid)?;
         Ok(Bind {
             source: relative_to(base, source),
             destination: destination.into(),

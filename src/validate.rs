@@ -125,6 +125,37 @@ pub fn tmpfs_size(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Splits a bind mount `SRC:DST[:ro|rw]` into source, destination and read-only (the default),
+/// checking that the source is not empty and the destination is absolute.
+pub fn bind(mount: &str) -> Result<(&str, &str, bool), String> {
+    let fix = "write SRC:DST[:ro|rw], e.g. \"fixtures/data:/data:ro\"";
+    let parts: Vec<&str> = mount.split(':').collect();
+    let (src, dst, readonly) = match parts.as_slice() {
+        [src, dst] | [src, dst, "ro"] => (*src, *dst, true),
+        [src, dst, "rw"] => (*src, *dst, false),
+        [_, _, mode] => {
+            return Err(format!(
+                "bind mount {mount:?} has mode {mode:?}; the mode is \"ro\" or \"rw\""
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "bind mount {mount:?} is not SRC:DST[:ro|rw]; {fix}"
+            ))
+        }
+    };
+    if src.is_empty() {
+        return Err(format!("bind mount {mount:?} has an empty source; {fix}"));
+    }
+    if !dst.starts_with('/') {
+        return Err(format!(
+            "bind mount {mount:?} has a relative destination {dst:?}; the destination is an \
+             absolute path inside the sandbox, e.g. \"fixtures/data:/data\""
+        ));
+    }
+    Ok((src, dst, readonly))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +235,15 @@ mod tests {
             assert!(duration(bad).is_err(), "{bad:?} accepted");
         }
         assert!(duration("30").unwrap_err().contains("no unit"));
+    }
+
+    #[test]
+    fn binds() {
+        assert_eq!(bind("data:/data"), Ok(("data", "/data", true)));
+        assert_eq!(bind("/s:/d:ro"), Ok(("/s", "/d", true)));
+        assert_eq!(bind("/s:/d:rw"), Ok(("/s", "/d", false)));
+        for bad in ["data", ":/d", "s:rel", "s:/d:rx", "a:/b:ro:x"] {
+            assert!(bind(bad).unwrap_err().contains(bad), "{bad:?}");
+        }
     }
 }

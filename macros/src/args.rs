@@ -288,31 +288,7 @@ fn wrong_kind(key: &str, expr: &Expr, expected: &str) -> syn::Error {
 
 /// Checks a bind mount's shape: `SRC:DST`, `SRC:DST:ro` or `SRC:DST:rw`, with DST absolute.
 pub fn bind_shape(mount: &str) -> Result<(), String> {
-    let fix = "write SRC:DST[:ro|rw], e.g. \"fixtures/data:/data:ro\"";
-    let parts: Vec<&str> = mount.split(':').collect();
-    let (src, dst) = match parts.as_slice() {
-        [src, dst] | [src, dst, "ro" | "rw"] => (*src, *dst),
-        [_, _, mode] => {
-            return Err(format!(
-                "bind mount {mount:?} has mode {mode:?}; the mode is \"ro\" or \"rw\""
-            ))
-        }
-        _ => {
-            return Err(format!(
-                "bind mount {mount:?} is not SRC:DST[:ro|rw]; {fix}"
-            ))
-        }
-    };
-    if src.is_empty() {
-        return Err(format!("bind mount {mount:?} has an empty source; {fix}"));
-    }
-    if !dst.starts_with('/') {
-        return Err(format!(
-            "bind mount {mount:?} has a relative destination {dst:?}; the destination is an \
-             absolute path inside the sandbox, e.g. \"fixtures/data:/data\""
-        ));
-    }
-    Ok(())
+    crate::validate::bind(mount).map(|_| ())
 }
 
 /// How each argument is written, for error messages.

@@ -353,6 +353,25 @@ impl Command {
             })?;
 
         let mut extra = Vec::new();
+        // A terminal of the host's devpts is not in the sandbox's own: bound over /dev/console
+        // (as container runtimes do), `tty` and ttyname(3) find it there.
+        // (By its path: a mount refuses an fd opened in the host's mount namespace.)
+        let slave_path = self.terminal.as_ref().and_then(|slave| {
+            std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd())).ok()
+        });
+        if let Some(slave) = slave_path {
+            let console = format!("{}/dev/console", plan::NEW_ROOT);
+            extra.push(Step::Touch {
+                path: console.clone(),
+            });
+            extra.push(Step::Bind {
+                source: slave.to_string_lossy().into_owned(),
+                target: console,
+                recursive: false,
+                readonly: false,
+                optional: false,
+            });
+        }
         // Into the new root before the exec: the program is found by its path in there.
         extra.push(Step::Pivot(plan::NEW_ROOT.into()));
         // Then lock it, as a re-executed test locks itself before main (sandbox::lock): in a

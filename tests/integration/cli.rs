@@ -291,6 +291,10 @@ fn run_is_interactive_on_a_terminal() {
     master.write_all(b"echo \"p=$$\"\n").unwrap();
     let seen = screen.wait_for("p=1\r\n", t);
     assert!(seen.contains("p=1\r\n"), "{seen}");
+    // The terminal has a name in there: /dev/console, as in a container.
+    master.write_all(b"echo \"t=$(tty)\"\n").unwrap();
+    let seen = screen.wait_for("t=/dev/console\r\n", t);
+    assert!(seen.contains("t=/dev/console\r\n"), "{seen}");
     // Ctrl-C reaches the program (bash drops the line), not isotest.
     master.write_all(b"sleep 30\n").unwrap();
     std::thread::sleep(Duration::from_millis(300));

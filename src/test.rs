@@ -162,6 +162,9 @@ pub(crate) struct Early {
     /// When this process started its work before `main`, finished the pivot, the lock and
     /// the teardown baseline (with `ISOTEST_TRACE_TIMING`).
     trace: [u64; 4],
+    /// `TERM`, kept from libtest, which would read a terminfo file for its report — a report
+    /// nobody sees here. The body gets it back.
+    term: Option<std::ffi::OsString>,
 }
 
 static EARLY: once_cell::sync::OnceCell<Option<Early>> = once_cell::sync::OnceCell::new();
@@ -182,6 +185,8 @@ fn early() -> Option<Early> {
     let value = std::env::var(spawn::ENV_SANDBOX).ok()?;
     // Programs the test starts (even this binary again) are not sandboxed tests.
     std::env::remove_var(spawn::ENV_SANDBOX);
+    let term = std::env::var_os("TERM");
+    std::env::remove_var("TERM");
     let (fd, lock) = match value.split_once(':') {
         Some((fd, flag)) => (fd.parse().ok()?, flag == "lock"),
         None => (value.parse().ok()?, false),
@@ -216,6 +221,7 @@ fn early() -> Option<Early> {
         channel: fd,
         setup,
         trace,
+        term,
     })
 }
 
@@ -254,6 +260,10 @@ pub(crate) fn in_sandbox<T: Outcome>(meta: &Meta, early: &Early, body: impl FnOn
                 ("record", record),
             ],
         );
+    }
+    if let Some(term) = &early.term {
+        // libtest's main thread only waits for this test now.
+        std::env::set_var("TERM", term);
     }
     report(msg::START, "");
     let mut ack = [0u8; 1];

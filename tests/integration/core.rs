@@ -943,3 +943,17 @@ fn a_missing_rootfs_names_the_value() {
     assert!(t.contains("/does/not/exist"), "{t}");
     assert!(t.contains("ISOTEST_ROOTFS"), "{t}");
 }
+
+#[isolated]
+#[ignore = "prints its TERM for term_reaches_the_test_body"]
+fn prints_term() {
+    println!("TERM={:?}", std::env::var("TERM").ok());
+}
+
+#[test]
+fn term_reaches_the_test_body() {
+    let out = run_test("core::prints_term", &[("TERM", "vt220")]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("TERM=Some(\"vt220\")"), "{t}");
+}

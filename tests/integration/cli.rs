@@ -296,8 +296,13 @@ fn run_is_interactive_on_a_terminal() {
     let seen = screen.wait_for("t=/dev/console\r\n", t);
     assert!(seen.contains("t=/dev/console\r\n"), "{seen}");
     // Ctrl-C reaches the program (bash drops the line), not isotest.
-    master.write_all(b"sleep 30\n").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    master.write_all(b"sleep 37913\n").unwrap();
+    // Once the sleep runs (the host sees the sandbox's processes), it is the foreground job.
+    let start = Instant::now();
+    while !sleep_runs("37913") {
+        assert!(start.elapsed() < t, "sleep never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     master.write_all(b"\x03").unwrap();
     master.write_all(b"echo \"after=$((40+2))\"\n").unwrap();
     let seen = screen.wait_for("after=42\r\n", t);
@@ -316,4 +321,13 @@ fn run_is_interactive_on_a_terminal() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(3));
+}
+
+/// A process `sleep ARG` runs on the host (sandboxes' processes are visible from outside).
+fn sleep_runs(arg: &str) -> bool {
+    let want = format!("sleep\0{arg}\0");
+    std::fs::read_dir("/proc").unwrap().any(|e| {
+        let Ok(e) = e else { return false };
+        std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want.as_bytes())
+    })
 }

@@ -296,10 +296,14 @@ fn run_is_interactive_on_a_terminal() {
     let seen = screen.wait_for("t=/dev/console\r\n", t);
     assert!(seen.contains("t=/dev/console\r\n"), "{seen}");
     // Ctrl-C reaches the program (bash drops the line), not isotest.
-    master.write_all(b"sleep 37913\n").unwrap();
+    // A duration no other run of this test uses at the same time.
+    let token = (100_000 + std::process::id()).to_string();
+    master
+        .write_all(format!("sleep {token}\n").as_bytes())
+        .unwrap();
     // Once the sleep runs (the host sees the sandbox's processes), it is the foreground job.
     let start = Instant::now();
-    while !sleep_runs("37913") {
+    while !sleep_runs(&token) {
         assert!(start.elapsed() < t, "sleep never started");
         std::thread::sleep(Duration::from_millis(20));
     }

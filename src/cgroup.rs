@@ -58,7 +58,7 @@ impl Drop for PidsCgroup {
 /// Where this process's sandboxes get their cgroups: the first of [`candidates`] where a
 /// cgroup with a writable `pids.max` can be made, found once per process (which also removes
 /// cgroups that killed supervisors left behind).
-fn parent() -> Option<&'static Path> {
+pub(crate) fn parent() -> Option<&'static Path> {
     static PARENT: once_cell::sync::OnceCell<Option<PathBuf>> = once_cell::sync::OnceCell::new();
     PARENT
         .get_or_init(|| {

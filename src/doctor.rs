@@ -81,8 +81,31 @@ pub fn run() -> Vec<Check> {
     checks.push(pivot_root_possible());
     checks.push(sandbox_probe(userns_ok));
     checks.push(bootstrap_tools());
+    checks.push(pids_limit());
     checks.push(cache());
     checks
+}
+
+/// How the process limit of a sandbox (`pids_max`) is enforced here.
+fn pids_limit() -> Check {
+    match crate::cgroup::parent() {
+        Some(parent) => check(
+            Status::Ok,
+            "process limit",
+            format!("a pids cgroup per sandbox under {}", parent.display()),
+            None,
+        ),
+        None => check(
+            Status::Warn,
+            "process limit",
+            "no writable pids cgroup: RLIMIT_NPROC in the sandbox's user namespace only".into(),
+            Some(
+                "delegate the pids controller to your cgroup (systemd: Delegate=pids) for an exact \
+                 count of processes and threads"
+                    .into(),
+            ),
+        ),
+    }
 }
 
 fn read_trim(path: &str) -> Option<String> {

@@ -214,6 +214,7 @@ fn doctor_checks_this_machine() {
         "pivot_root",
         "sandbox in a user namespace",
         "rootfs builder",
+        "process limit",
         "cache",
     ] {
         assert!(
@@ -229,6 +230,23 @@ fn doctor_checks_this_machine() {
             .all(|l| l.starts_with("ok") || l.starts_with("warn")),
         "{report}"
     );
+    // Where root can write the cgroup v1 pids hierarchy, that is the limit; elsewhere it may be
+    // a delegated v2 cgroup or the rlimit alone (with a warning).
+    let limit = report
+        .lines()
+        .find(|l| l.contains("process limit"))
+        .unwrap();
+    if nix::unistd::getuid().is_root() && std::path::Path::new("/sys/fs/cgroup/pids").is_dir() {
+        assert!(
+            limit.starts_with("ok") && limit.contains("pids cgroup"),
+            "{limit}"
+        );
+    } else {
+        assert!(
+            limit.contains("RLIMIT_NPROC") || limit.contains("pids cgroup"),
+            "{limit}"
+        );
+    }
 }
 
 #[test]

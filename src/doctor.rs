@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 use crate::error::Error;
 use crate::sandbox::msg;
-use crate::{plan, spawn, sys};
+use crate::{plan, preflight, spawn, sys};
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,11 +73,10 @@ pub fn main(_args: DoctorArgs) -> i32 {
 
 /// Runs every check.
 pub fn run() -> Vec<Check> {
-    let userns = user_namespaces();
-    let userns_ok = userns.iter().all(|c| c.status == Status::Ok);
-    let mut checks = vec![kernel()];
-    checks.extend(userns);
-    checks.push(overlay_listed());
+    let mut checks = kernel_support(&preflight::probe());
+    let userns_ok = checks
+        .iter()
+        .all(|c| c.name != "user namespaces" || c.status == Status::Ok);
     checks.push(pivot_root_possible());
     checks.push(sandbox_probe(userns_ok));
     checks.push(bootstrap_tools());
@@ -108,119 +107,34 @@ fn pids_limit() -> Check {
     }
 }
 
-fn read_trim(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-fn kernel() -> Check {
-    let Some(release) = read_trim("/proc/sys/kernel/osrelease") else {
-        return check(
-            Status::Fail,
-            "kernel",
-            "cannot read /proc/sys/kernel/osrelease".into(),
-            Some("isotest needs Linux with /proc mounted".into()),
-        );
+/// The kernel, user namespaces and overlayfs, judged as every isolated test judges them before
+/// it starts (see [`preflight::diagnose`]): one line per topic, or one per problem found.
+fn kernel_support(probe: &preflight::Probe) -> Vec<Check> {
+    let problems = preflight::diagnose(probe, false);
+    let fine = |topic: &str| match topic {
+        "kernel" => format!("Linux {}", probe.release),
+        "user namespaces" => match probe.max_user_namespaces {
+            Some(n) => format!("user.max_user_namespaces={n}"),
+            None => "available".into(),
+        },
+        _ => "available".into(),
     };
-    let mut nums = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse::<u32>().ok());
-    let version = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
-    if version >= (6, 6) {
-        check(Status::Ok, "kernel", format!("Linux {release}"), None)
-    } else if version >= (5, 12) {
-        check(
-            Status::Warn,
-            "kernel",
-            format!("Linux {release}: older than 6.6, tmpfs has no user xattrs for overlayfs' userxattr"),
-            Some("upgrade to Linux 6.6 or later".into()),
-        )
-    } else {
-        check(
-            Status::Fail,
-            "kernel",
-            format!("Linux {release}: older than 5.12 (clone3 with pidfds, mount_setattr, overlayfs in user namespaces)"),
-            Some("upgrade to Linux 6.6 or later".into()),
-        )
-    }
-}
-
-fn user_namespaces() -> Vec<Check> {
-    let root = sys::ids().0 == 0;
     let mut checks = Vec::new();
-    match read_trim("/proc/sys/user/max_user_namespaces").and_then(|v| v.parse::<u64>().ok()) {
-        Some(0) => checks.push(check(
-            Status::Fail,
-            "user namespaces",
-            "user.max_user_namespaces=0".into(),
-            Some("run `sudo sysctl -w user.max_user_namespaces=15000`".into()),
-        )),
-        Some(n) => checks.push(check(
-            Status::Ok,
-            "user namespaces",
-            format!("user.max_user_namespaces={n}"),
-            None,
-        )),
-        None => checks.push(check(
-            Status::Fail,
-            "user namespaces",
-            "/proc/sys/user/max_user_namespaces is missing".into(),
-            Some("build the kernel with CONFIG_USER_NS=y".into()),
-        )),
-    }
-    if let Some(v) = read_trim("/proc/sys/kernel/unprivileged_userns_clone") {
-        let ok = v != "0" || root;
-        checks.push(check(
-            if ok { Status::Ok } else { Status::Fail },
-            "unprivileged user namespaces",
-            format!(
-                "kernel.unprivileged_userns_clone={v}{}",
-                if root && v == "0" {
-                    " (running as root)"
-                } else {
-                    ""
-                }
-            ),
-            (!ok).then(|| {
-                "run `sudo sysctl -w kernel.unprivileged_userns_clone=1` or run as root".into()
-            }),
-        ));
-    }
-    if let Some(v) = read_trim("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") {
-        let ok = v == "0" || root;
-        checks.push(check(
-            if ok { Status::Ok } else { Status::Fail },
-            "AppArmor user namespace restriction",
-            format!("kernel.apparmor_restrict_unprivileged_userns={v}{}", if root && v != "0" { " (running as root)" } else { "" }),
-            (!ok).then(|| "run `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` or run as root".into()),
-        ));
+    for topic in ["kernel", "user namespaces", "overlayfs"] {
+        let found: Vec<_> = problems.iter().filter(|p| p.topic == topic).collect();
+        if found.is_empty() {
+            checks.push(check(Status::Ok, topic, fine(topic), None));
+        }
+        for p in found {
+            checks.push(check(
+                Status::Fail,
+                topic,
+                p.what.clone(),
+                Some(p.fix.clone()),
+            ));
+        }
     }
     checks
-}
-
-fn overlay_listed() -> Check {
-    let listed = std::fs::read_to_string("/proc/filesystems")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.split_whitespace().last() == Some("overlay"))
-        })
-        .unwrap_or(false);
-    if listed {
-        check(
-            Status::Ok,
-            "overlayfs",
-            "listed in /proc/filesystems".into(),
-            None,
-        )
-    } else {
-        check(
-            Status::Fail,
-            "overlayfs",
-            "not in /proc/filesystems".into(),
-            Some("run `sudo modprobe overlay` (and add `overlay` to /etc/modules-load.d)".into()),
-        )
-    }
 }
 
 fn pivot_root_possible() -> Check {
@@ -392,5 +306,55 @@ fn cache() -> Check {
             format!("{} (not created yet)", dir.display()),
             None,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe() -> preflight::Probe {
+        preflight::Probe {
+            release: "6.18.0-test".into(),
+            kernel: (6, 18),
+            root: false,
+            user_namespaces: true,
+            max_user_namespaces: Some(100),
+            unprivileged_userns_clone: None,
+            apparmor_restrict_unprivileged_userns: None,
+            overlay: true,
+        }
+    }
+
+    #[test]
+    fn one_ok_line_per_topic_on_a_good_machine() {
+        let lines: Vec<String> = kernel_support(&probe())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "ok    kernel: Linux 6.18.0-test",
+                "ok    user namespaces: user.max_user_namespaces=100",
+                "ok    overlayfs: available",
+            ]
+        );
+    }
+
+    #[test]
+    fn problems_are_the_ones_tests_would_fail_with() {
+        let p = preflight::Probe {
+            kernel: (5, 15),
+            apparmor_restrict_unprivileged_userns: Some(1),
+            overlay: false,
+            ..probe()
+        };
+        let checks = kernel_support(&p);
+        let line = |name: &str| checks.iter().find(|c| c.name == name).unwrap().to_string();
+        assert!(line("kernel").starts_with("FAIL  kernel: kernel 5.15 is too old"));
+        assert!(line("user namespaces")
+            .contains("sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"));
+        assert!(line("overlayfs").contains("modprobe overlay"));
     }
 }

@@ -10,6 +10,8 @@ pub const ENV_SKIP_UNSUPPORTED: &str = "ISOTEST_SKIP_UNSUPPORTED";
 /// What the kernel and the caller look like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
+    /// The running kernel's release, e.g. `6.18.44-generic`.
+    pub release: String,
     /// `(major, minor)` of the running kernel.
     pub kernel: (u32, u32),
     /// The caller's effective uid is 0.
@@ -29,6 +31,8 @@ pub struct Probe {
 /// One reason a sandbox cannot start here, with its fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// What it is about: `kernel`, `overlayfs`, `user namespaces` or `privileged`.
+    pub topic: &'static str,
     /// What is wrong.
     pub what: String,
     /// What to do about it.
@@ -44,8 +48,9 @@ impl From<Problem> for Error {
     }
 }
 
-fn problem(what: impl Into<String>, fix: impl Into<String>) -> Problem {
+fn problem(topic: &'static str, what: impl Into<String>, fix: impl Into<String>) -> Problem {
     Problem {
+        topic,
         what: what.into(),
         fix: fix.into(),
     }
@@ -57,6 +62,7 @@ pub fn diagnose(p: &Probe, privileged: bool) -> Vec<Problem> {
     let mut out = Vec::new();
     if p.kernel < (6, 6) {
         out.push(problem(
+            "kernel",
             format!(
                 "kernel {}.{} is too old: isotest needs Linux 6.6 or newer (overlayfs with user extended attributes on tmpfs inside a user namespace)",
                 p.kernel.0, p.kernel.1
@@ -66,6 +72,7 @@ pub fn diagnose(p: &Probe, privileged: bool) -> Vec<Problem> {
     }
     if !p.overlay {
         out.push(problem(
+            "overlayfs",
             "overlayfs is not available in this kernel",
             "load it with `sudo modprobe overlay` (or enable CONFIG_OVERLAY_FS)",
         ));
@@ -73,6 +80,7 @@ pub fn diagnose(p: &Probe, privileged: bool) -> Vec<Problem> {
     if privileged {
         if !p.root {
             out.push(problem(
+                "privileged",
                 "privileged = true needs root on the host",
                 "run the tests as root, or drop privileged = true",
             ));
@@ -81,6 +89,7 @@ pub fn diagnose(p: &Probe, privileged: bool) -> Vec<Problem> {
     }
     if !p.user_namespaces {
         out.push(problem(
+            "user namespaces",
             "this kernel has no user namespaces",
             "use a kernel built with CONFIG_USER_NS=y",
         ));
@@ -88,6 +97,7 @@ pub fn diagnose(p: &Probe, privileged: bool) -> Vec<Problem> {
     }
     if p.max_user_namespaces == Some(0) {
         out.push(problem(
+            "user namespaces",
             "user namespaces are disabled by user.max_user_namespaces=0",
             "run `sudo sysctl -w user.max_user_namespaces=15000`",
         ));
@@ -95,12 +105,14 @@ pub fn diagnose(p: &Probe, privileged: bool) -> Vec<Problem> {
     if !p.root {
         if p.unprivileged_userns_clone == Some(0) {
             out.push(problem(
+                "user namespaces",
                 "unprivileged user namespaces are disabled by kernel.unprivileged_userns_clone=0",
                 "run `sudo sysctl -w kernel.unprivileged_userns_clone=1` or run as root",
             ));
         }
         if p.apparmor_restrict_unprivileged_userns == Some(1) {
             out.push(problem(
+                "user namespaces",
                 "user namespaces are restricted by kernel.apparmor_restrict_unprivileged_userns=1",
                 "run `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` or run as root",
             ));
@@ -127,6 +139,7 @@ pub fn probe() -> Probe {
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
     Probe {
         kernel: parse_kernel_release(release.trim()).unwrap_or((0, 0)),
+        release: release.trim().to_string(),
         root: crate::sys::ids().0 == 0,
         user_namespaces: std::path::Path::new("/proc/self/ns/user").exists(),
         max_user_namespaces: read_number("/proc/sys/user/max_user_namespaces"),
@@ -167,6 +180,7 @@ mod tests {
 
     fn good(root: bool) -> Probe {
         Probe {
+            release: "6.18.0".into(),
             kernel: (6, 18),
             root,
             user_namespaces: true,

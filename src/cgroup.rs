@@ -84,18 +84,9 @@ fn candidates() -> Vec<PathBuf> {
     let Ok(own) = std::fs::read_to_string("/proc/self/cgroup") else {
         return Vec::new();
     };
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(mounts) = crate::fixtures::Mounts::read() else {
         return Vec::new();
     };
-    // (mount point, fs type, super options)
-    let mounts: Vec<(&str, &str, &str)> = mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let sep = f.iter().position(|x| *x == "-")?;
-            Some((*f.get(4)?, *f.get(sep + 1)?, *f.get(sep + 3)?))
-        })
-        .collect();
     let mut out = Vec::new();
     for line in own.lines() {
         let mut parts = line.splitn(3, ':');
@@ -104,16 +95,16 @@ fn candidates() -> Vec<PathBuf> {
             continue;
         };
         let mount = if id == "0" && controllers.is_empty() {
-            mounts.iter().find(|(_, fs, _)| *fs == "cgroup2")
+            mounts.iter().find(|m| m.fs_type == "cgroup2")
         } else if controllers.split(',').any(|c| c == "pids") {
             mounts
                 .iter()
-                .find(|(_, fs, opts)| *fs == "cgroup" && opts.split(',').any(|o| o == "pids"))
+                .find(|m| m.fs_type == "cgroup" && m.super_options.iter().any(|o| o == "pids"))
         } else {
             None
         };
-        if let Some((point, ..)) = mount {
-            let dir = Path::new(point).join(path.trim_start_matches('/'));
+        if let Some(m) = mount {
+            let dir = Path::new(&m.mount_point).join(path.trim_start_matches('/'));
             if id == "0" {
                 out.insert(0, dir);
             } else {

@@ -138,12 +138,8 @@ fn kernel_support(probe: &preflight::Probe) -> Vec<Check> {
 }
 
 fn pivot_root_possible() -> Check {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let root_fs = mountinfo.lines().find_map(|l| {
-        let fields: Vec<&str> = l.split_whitespace().collect();
-        let dash = fields.iter().position(|f| *f == "-")?;
-        (fields.get(4) == Some(&"/")).then(|| fields.get(dash + 1).copied().unwrap_or("?"))
-    });
+    let mounts = crate::fixtures::Mounts::read().unwrap_or_default();
+    let root_fs = mounts.get("/").map(|m| m.fs_type.as_str());
     match root_fs {
         Some("rootfs") => check(
             Status::Fail,

@@ -18,12 +18,7 @@ fn sh(script: &str) -> String {
         .arg(script)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "`{script}` failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "`{script}` failed: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

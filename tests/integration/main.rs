@@ -31,19 +31,18 @@ pub fn run_test(name: &str, extra_env: &[(&str, &str)]) -> Output {
         .expect("run the test binary")
 }
 
-/// The command [`run_test`] runs.
+/// The command [`run_test`] runs: its output as it comes (`--nocapture`).
 pub fn test_command(name: &str, extra_env: &[(&str, &str)]) -> Command {
+    let mut cmd = captured_test_command(name, extra_env);
+    cmd.arg("--nocapture");
+    cmd
+}
+
+/// One test of this binary, ignored or not, alone, with libtest capturing its output.
+fn captured_test_command(name: &str, extra_env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-    cmd.args([
-        name,
-        "--exact",
-        "--include-ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
+    cmd.args([name, "--exact", "--include-ignored", "--test-threads=1"]);
+    cmd.envs(extra_env.iter().copied());
     cmd
 }
 
@@ -59,16 +58,10 @@ pub fn text(out: &Output) -> String {
 /// Runs one test of this binary by itself, ignored or not, and returns whether it passed and
 /// what it printed. For the tests that fail on purpose: the outer test asserts on how.
 pub fn run_alone(name: &str, env: &[(&str, &str)]) -> (bool, String) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--include-ignored", "--test-threads=1"])
-        .envs(env.iter().copied())
+    let out = captured_test_command(name, env)
         .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .expect("run the test binary");
+    let text = text(&out);
     assert!(
         text.contains("running 1 test"),
         "`{name}` is not one test of this binary:\n{text}"

@@ -914,10 +914,12 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The argument of a helper started by [`raw::spawn_helper`], as the reference it was made from.
+/// The argument of a process started by [`clone_vm`] or [`raw::spawn_helper`], as the
+/// reference it was made from.
 pub fn deref_helper_arg<'a, T>(arg: *const T) -> &'a T {
-    // SAFETY: spawn_helper's callers pass a pointer to a value they keep alive, unmoved, until
-    // the helper has exited (they wait for it), and the helper shares their memory.
+    // SAFETY: both callers pass a pointer to a value they keep alive, unmoved, until the new
+    // process has exec'd or exited (spawn_helper's wait for it; clone_vm's keep it in
+    // `Spawned` until the child is reaped), and the new process shares their memory.
     unsafe { &*arg }
 }
 
